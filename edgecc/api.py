@@ -1,0 +1,133 @@
+"""The Python API: what the CLI calls, and what users import."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import onnx
+
+from edgecc.bundle import LIBRARY, MANIFEST, Bundle, sha256
+from edgecc.errors import EdgeccError, ToolchainError
+from edgecc.frontend import import_onnx, inspect_model, load_onnx
+from edgecc.targets import TargetPreset, get_target
+
+__all__ = ["compile", "inspect_model"]
+
+
+def _require_nvcc() -> None:
+    """CUDA device code is compiled by nvcc; find it and point TVM at it."""
+    cuda_home = os.environ.get("CUDA_PATH", "/usr/local/cuda")
+    nvcc = shutil.which("nvcc") or (str(Path(cuda_home) / "bin" / "nvcc")
+                                    if (Path(cuda_home) / "bin" / "nvcc").exists() else None)
+    if nvcc is None:
+        raise ToolchainError("CUDA targets need nvcc: install the CUDA toolkit "
+                             "(Debian package nvidia-cuda-toolkit) or set CUDA_PATH")
+    os.environ.setdefault("CUDA_PATH", str(Path(nvcc).resolve().parent.parent))
+    # TVM defaults to NVRTC through the cuda-python bindings; nvcc needs nothing more.
+    os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
+
+
+def _export(executable, path: Path, preset: TargetPreset) -> None:
+    from tvm.support.cc import cross_compiler
+
+    compiler = preset.require_toolchain()
+    executable.export_library(str(path), fcompile=cross_compiler(compiler))
+
+
+def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPreset = "host", *,
+            input_shapes: dict[str, list[int]] | None = None, mcpu: str | None = None,
+            mattr: list[str] | None = None, vlen: int | None = None, cuda_arch: str | None = None,
+            log: Callable[[str], None] | None = None) -> Bundle:
+    """Compile an ONNX model into a bundle for a target.
+
+    Parameters
+    ----------
+    model : path or onnx.ModelProto
+        The model; a path is read with its external data.
+    target : str
+        A preset name from ``edgecc targets`` (``host``, ``arm``, ``riscv``, ``cuda``, ...).
+    input_shapes : dict, optional
+        ``{input name: [dims]}`` binding symbolic input dims.
+    mcpu, mattr, vlen, cuda_arch : optional
+        Overrides of the preset's CPU, features (``["+dotprod"]``), RISC-V VLEN, CUDA arch.
+    log : callable, optional
+        Receives one progress line per step.
+
+    Returns
+    -------
+    Bundle
+        The compiled bundle, in a private folder until :meth:`Bundle.save`.
+    """
+    log = log or (lambda line: None)
+    preset = get_target(target, mcpu=mcpu, mattr=mattr, vlen=vlen, cuda_arch=cuda_arch)
+    preset.require_toolchain()
+    if preset.device == "cuda":
+        _require_nvcc()
+    source = "<in-memory model>"
+    if not isinstance(model, onnx.ModelProto):
+        source = str(model)
+        model = load_onnx(model)
+
+    timings = {}
+    start = time.perf_counter()
+    mod, inputs, outputs = import_onnx(model, input_shapes)
+    timings["import_s"] = round(time.perf_counter() - start, 3)
+    log(f"imported {source}: {len(model.graph.node)} nodes, inputs "
+        + ", ".join(f"{i.name}{list(i.shape)}" for i in inputs))
+
+    from edgecc.pipeline import build_executable
+    from edgecc.runtime import ensure_runtime
+
+    start = time.perf_counter()
+    try:
+        executable, phases = build_executable(mod, preset)
+    except EdgeccError:
+        raise
+    except Exception as err:  # TVM's errors are long; keep the last line, --debug shows all
+        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+        raise EdgeccError(f"compiling for {preset.name} failed: {type(err).__name__}: "
+                          f"{lines[-1] if lines else err}") from err
+    timings["compile_s"] = round(time.perf_counter() - start, 3)
+    for record in phases:
+        log(f"phase {record.phase}: {record.seconds:.2f}s, {record.prim_funcs_after} kernels")
+
+    runtime_dir = ensure_runtime(preset.arch, log=log)
+    staging = tempfile.TemporaryDirectory(prefix="edgecc-bundle-")
+    folder = Path(staging.name)
+    start = time.perf_counter()
+    _export(executable, folder / LIBRARY, preset)
+    timings["link_s"] = round(time.perf_counter() - start, 3)
+    shutil.copytree(runtime_dir, folder / "runtime", symlinks=True)
+    log(f"linked {LIBRARY} for {preset.name} ({preset.arch}) in {timings['link_s']:.1f}s")
+
+    manifest = _manifest(source, preset, inputs, outputs, phases, timings, folder / LIBRARY)
+    import json
+
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return Bundle(folder, manifest, staging=staging)
+
+
+def _manifest(source, preset, inputs, outputs, phases, timings, library: Path) -> dict:
+    import tvm
+    import tvm_ffi
+
+    from edgecc import __version__
+
+    return {
+        "format": 1,
+        "source_model": source,
+        "inputs": [spec.to_json() for spec in inputs],
+        "outputs": [spec.to_json() for spec in outputs],
+        "target": preset.to_json(),
+        "versions": {"edgecc": __version__, "tvm": tvm.__version__, "tvm_ffi": tvm_ffi.__version__},
+        "model_sha256": sha256(library),
+        "passes": [record.to_json() for record in phases],
+        "tuning_records": [],
+        "timings": timings,
+        "runner": "runtime/edgecc-run model.so --input IN0.npy [--input IN1.npy ...] --output-dir DIR",
+    }

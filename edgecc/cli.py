@@ -1,0 +1,154 @@
+"""``edgecc`` command line: parses arguments and calls :mod:`edgecc.api`; no logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from edgecc.errors import EdgeccError, UserInputError
+
+
+def _input_shape(text: str) -> tuple[str, list[int]]:
+    name, sep, dims = text.rpartition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, [int(d) for d in dims.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=D0,D1,..., got {text!r}") from None
+
+
+def _named_file(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npy, got {text!r}")
+    return name, path
+
+
+def _add_target_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", "-t", default="host",
+                        help="target preset (see `edgecc targets`; default: host)")
+    parser.add_argument("--mcpu", help="override the preset's CPU (e.g. cortex-a55)")
+    parser.add_argument("--mattr", action="append", metavar="FEATURE",
+                        help="add (+x) or remove (-x) a CPU feature; repeatable")
+    parser.add_argument("--vlen", type=int, help="RISC-V vector length in bits (riscv targets)")
+    parser.add_argument("--cuda-arch", help="CUDA arch, e.g. sm_87 (default) or sm_90")
+
+
+def cmd_build(args) -> int:
+    from edgecc.api import compile
+
+    log = (lambda line: print(f"edgecc: {line}", file=sys.stderr)) if args.verbose else None
+    bundle = compile(args.model, args.target, input_shapes=dict(args.input_shape or []),
+                     mcpu=args.mcpu, mattr=args.mattr, vlen=args.vlen, cuda_arch=args.cuda_arch, log=log)
+    outdir = bundle.save(args.output or Path(args.model).stem + f"-{bundle.target['name']}")
+    size = sum(f.stat().st_size for f in outdir.rglob("*") if f.is_file())
+    print(f"built {outdir} ({bundle.target['name']}, {bundle.target['arch']}, {size / 1e6:.1f} MB)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    from edgecc.bundle import load, output_file_name
+
+    bundle = load(args.bundle)
+    inputs = {}
+    for name, path in args.input or []:
+        try:
+            inputs[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise UserInputError(f"cannot read input {name!r} from {path}: {err}") from None
+    timing = {}
+    outputs = bundle.run(inputs, repeat=args.repeat, threads=args.threads, timing=timing)
+    outdir = Path(args.output_dir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    for name, array in outputs.items():
+        np.save(outdir / output_file_name(name), array)
+        print(f"{name}: {list(array.shape)} {array.dtype} -> {outdir / output_file_name(name)}")
+    print(f"latency: median {timing['median_ms']:.3f} ms over {timing['runs']} runs")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from edgecc.frontend import inspect_model
+
+    info = inspect_model(args.model)
+    if args.json:
+        import dataclasses
+
+        print(json.dumps(dataclasses.asdict(info), indent=2, default=list))
+        return 0
+    print(f"model: {info.path}")
+    print("opsets: " + ", ".join(f"{d} {v}" for d, v in info.opsets.items()))
+    for kind, specs in (("input", info.inputs), ("output", info.outputs)):
+        for spec in specs:
+            print(f"{kind}: {spec.name} {list(spec.shape)} {spec.dtype}")
+    print(f"params: {info.num_params:,} values, {info.params_bytes / 1e6:.2f} MB")
+    print("ops: " + ", ".join(f"{op} x{n}" for op, n in info.op_histogram.items()))
+    if info.unsupported:
+        print("unsupported: " + "; ".join(info.unsupported))
+        return 2
+    print("unsupported: none")
+    return 0
+
+
+def cmd_targets(args) -> int:
+    from edgecc.targets import describe_targets
+
+    for name, description in describe_targets():
+        print(f"{name:<14} {description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgecc", description="Compile ONNX models into deployable "
+                                     "libraries for edge targets (ARM NEON, RISC-V RVV, CUDA, host).")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    build = sub.add_parser("build", help="compile MODEL.onnx into a bundle folder")
+    build.add_argument("model", metavar="MODEL.onnx")
+    _add_target_options(build)
+    build.add_argument("-o", "--output", metavar="OUTDIR", help="bundle folder (default: <model>-<target>)")
+    build.add_argument("--input-shape", action="append", type=_input_shape, metavar="NAME=D0,D1,...",
+                       help="bind an input's shape (symbolic dims); repeatable")
+    build.add_argument("--verbose", "-v", action="store_true", help="print each step")
+    build.set_defaults(func=cmd_build)
+
+    run = sub.add_parser("run", help="run a bundle on .npy inputs (under qemu-user for other arches)")
+    run.add_argument("bundle", metavar="OUTDIR")
+    run.add_argument("--input", "-i", action="append", type=_named_file, metavar="NAME=FILE.npy")
+    run.add_argument("--output-dir", default=".", help="where <output name>.npy files go (default: .)")
+    run.add_argument("--repeat", type=int, default=1, help="timed runs (default 1)")
+    run.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    run.set_defaults(func=cmd_run)
+
+    inspect = sub.add_parser("inspect", help="inputs, outputs, ops and unsupported ops of a model")
+    inspect.add_argument("model", metavar="MODEL.onnx")
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.set_defaults(func=cmd_inspect)
+
+    targets = sub.add_parser("targets", help="list target presets")
+    targets.set_defaults(func=cmd_targets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EdgeccError as err:
+        if args.debug:
+            raise
+        print(f"edgecc: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("edgecc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

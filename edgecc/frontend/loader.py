@@ -1,0 +1,243 @@
+"""Load an ONNX file, check it before any compiling, and import it into Relax."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper, helper
+
+from edgecc.errors import UnsupportedOpError, UserInputError
+
+from .converters import supported_ops
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """A named model input or output: shape (ints, or strings for symbolic dims) and dtype."""
+
+    name: str
+    shape: tuple
+    dtype: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclasses.dataclass
+class ModelInfo:
+    """What ``edgecc inspect`` reports about a model."""
+
+    path: str
+    opsets: dict[str, int]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    op_histogram: dict[str, int]
+    num_params: int
+    params_bytes: int
+    unsupported: list[str]
+
+
+def load_onnx(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file with its external data, or raise a one-line :class:`UserInputError`.
+
+    Catches what users meet: a missing file, a corrupt or truncated protobuf, a
+    file that parses but holds no graph, missing external-data files, opset
+    imports this ONNX version does not know.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"model file not found: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as err:
+        raise UserInputError(f"{path} is not a valid ONNX model (corrupt or truncated file: {err})") from None
+    if not model.graph.node or not model.graph.output:
+        raise UserInputError(f"{path} is not a valid ONNX model (no graph nodes or outputs; truncated file?)")
+    _load_external_data(model, path)
+    _check_opsets(model, path)
+    return model
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    base = path.parent
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        location = base / info.location
+        if not location.is_file():
+            raise UserInputError(
+                f"external data file '{info.location}' for tensor '{tensor.name}' is missing "
+                f"(looked in {base}/)")
+    try:
+        external_data_helper.load_external_data_for_model(model, str(base))
+    except (OSError, ValueError) as err:
+        raise UserInputError(f"cannot read external data of {path}: {err}") from None
+
+
+def _check_opsets(model: onnx.ModelProto, path: Path) -> None:
+    opsets = {_domain(o.domain): o.version for o in model.opset_import}
+    if "" not in opsets:
+        raise UserInputError(f"{path}: no opset import for the default ONNX domain")
+    newest = onnx.defs.onnx_opset_version()
+    if not 1 <= opsets[""] <= newest:
+        raise UserInputError(
+            f"{path}: imports ONNX opset {opsets['']}, but this onnx ({onnx.__version__}) "
+            f"knows opsets 1 to {newest}")
+    for node in _all_nodes(model.graph):
+        if _domain(node.domain) not in opsets:
+            raise UserInputError(
+                f"{path}: node '{node.name or node.op_type}' uses domain '{node.domain}' "
+                "that the model does not import (opset_import)")
+
+
+def _domain(domain: str) -> str:
+    return "" if domain in ("", "ai.onnx") else domain
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    """Every node, including those in If/Loop/Scan subgraphs."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _all_nodes(g)
+
+
+def unsupported_ops(model: onnx.ModelProto) -> list[str]:
+    """One description per unsupported (domain, op type): its opset and first node."""
+    opsets = {_domain(o.domain): o.version for o in model.opset_import}
+    known = supported_ops()
+    first_use: dict[tuple[str, str], str] = {}
+    for node in _all_nodes(model.graph):
+        key = (_domain(node.domain), node.op_type)
+        if key not in known and key not in first_use:
+            first_use[key] = node.name or f"<unnamed {node.op_type}>"
+    return [f"{op} (domain '{domain or 'ai.onnx'}', opset {opsets.get(domain, '?')}, first node '{node}')"
+            for (domain, op), node in first_use.items()]
+
+
+def check_supported(model: onnx.ModelProto) -> None:
+    """Raise :class:`UnsupportedOpError` naming every op the frontend cannot import."""
+    missing = unsupported_ops(model)
+    if missing:
+        raise UnsupportedOpError(f"unsupported ONNX ops: {'; '.join(missing)}")
+
+
+def _value_spec(value: onnx.ValueInfoProto) -> TensorSpec:
+    ttype = value.type.tensor_type
+    dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                 for d in ttype.shape.dim)
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(ttype.elem_type)).name if ttype.elem_type else "?"
+    return TensorSpec(value.name, dims, dtype)
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[TensorSpec]:
+    """The user-facing inputs: graph inputs that are not initializers (old IR lists both)."""
+    weights = {t.name for t in model.graph.initializer}
+    return [_value_spec(v) for v in model.graph.input if v.name not in weights]
+
+
+def inspect_model(path: str | os.PathLike) -> ModelInfo:
+    """Inputs, outputs, op histogram, parameter size and unsupported ops of a model file."""
+    model = load_onnx(path)
+    params = [t for t in model.graph.initializer]
+    return ModelInfo(
+        path=str(path),
+        opsets={(o.domain or "ai.onnx"): o.version for o in model.opset_import},
+        inputs=graph_inputs(model),
+        outputs=[_value_spec(v) for v in model.graph.output],
+        op_histogram=dict(collections.Counter(
+            (f"{n.domain}::{n.op_type}" if _domain(n.domain) else n.op_type)
+            for n in _all_nodes(model.graph)).most_common()),
+        num_params=sum(int(np.prod(t.dims)) for t in params),
+        params_bytes=sum(int(np.prod(t.dims)) * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+                         for t in params),
+        unsupported=unsupported_ops(model),
+    )
+
+
+def bind_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None) -> list[TensorSpec]:
+    """Apply ``--input-shape`` bindings; every input must end up with a static shape."""
+    inputs = graph_inputs(model)
+    input_shapes = dict(input_shapes or {})
+    names = [i.name for i in inputs]
+    for name in input_shapes:
+        if name not in names:
+            raise UserInputError(f"--input-shape names '{name}', but the model's inputs are: {', '.join(names)}")
+    bound = []
+    for spec in inputs:
+        shape = tuple(int(d) for d in input_shapes[spec.name]) if spec.name in input_shapes else spec.shape
+        if spec.name in input_shapes and any(d <= 0 for d in shape):
+            raise UserInputError(f"--input-shape {spec.name}: dims must be positive, got {list(shape)}")
+        symbolic = [d for d in shape if not isinstance(d, int)]
+        if symbolic:
+            example = ",".join(str(d) if isinstance(d, int) else "1" for d in shape)
+            raise UserInputError(
+                f"input '{spec.name}' has symbolic dims {symbolic}; bind them with "
+                f"--input-shape {spec.name}={example}")
+        bound.append(TensorSpec(spec.name, shape, spec.dtype))
+    return bound
+
+
+def _type_specs(ret_ty, names: list[str]) -> list[TensorSpec]:
+    from tvm import relax
+
+    fields = ret_ty.fields if isinstance(ret_ty, relax.TupleType) else [ret_ty]
+    specs = []
+    for name, field in zip(names, fields):
+        shape = tuple(int(d) if hasattr(d, "value") else str(d) for d in field.shape.values) \
+            if field.shape is not None else ()
+        specs.append(TensorSpec(name, shape, str(field.dtype)))
+    return specs
+
+
+def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None):
+    """Check and import a model into a Relax ``IRModule`` with its weights bound as constants.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        A model from :func:`load_onnx` (or built in memory).
+    input_shapes : dict, optional
+        ``{input name: [dims]}`` binding symbolic or overriding static input dims.
+
+    Returns
+    -------
+    (tvm.IRModule, list[TensorSpec], list[TensorSpec])
+        The module, and the static input and output specs in ``main``'s order.
+    """
+    from tvm.relax.frontend.onnx import from_onnx
+
+    check_supported(model)
+    inputs = bind_input_shapes(model, input_shapes)
+    if model.ir_version < 4:
+        # IR 3 wants every initializer listed as a graph input; TVM's checker
+        # warns about models that omit them, which is harmless for import.
+        model = onnx.ModelProto.FromString(model.SerializeToString())
+        model.ir_version = 4
+    shape_dict = {spec.name: list(spec.shape) for spec in inputs}
+    dtype_dict = {spec.name: spec.dtype for spec in inputs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=False)
+        except Exception as err:  # TVM raises many types; the user needs one line and the node
+            raise UserInputError(f"cannot import the model: {type(err).__name__}: {_first_line(err)}") from err
+    outputs = _type_specs(mod["main"].ret_ty, [o.name for o in model.graph.output])
+    return mod, inputs, outputs
+
+
+def _first_line(err: Exception) -> str:
+    lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else repr(err)

@@ -1,0 +1,84 @@
+"""The compile pipeline: numbered phases from an imported Relax module to a VM executable.
+
+1. graph     edgecc.passes: graph-level rewrites on constants
+2. legalize  Relax ops -> TIR PrimFuncs, fused into kernels
+3. schedule  edgecc.schedules: a schedule for every PrimFunc
+4. lower     memory planning and VM lowering
+Set ``EDGECC_DUMP_IR=DIR`` to write the module after each phase (debugging switch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import tvm
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+from tvm.relax.backend.cuda import pipeline as cuda_backend
+
+from edgecc.passes import graph_passes
+from edgecc.schedules import schedule_passes
+
+
+@dataclasses.dataclass
+class PhaseRecord:
+    """What one phase did, for the manifest and ``--verbose``."""
+
+    phase: str
+    passes: list[str]
+    seconds: float
+    prim_funcs_after: int
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _backend(preset):
+    return cuda_backend if preset.device == "cuda" else cpu_generic
+
+
+def phases(preset, target) -> list[tuple[str, list]]:
+    """The (name, passes) phases for a preset; the one place the order is defined."""
+    backend = _backend(preset)
+    return [
+        ("graph", graph_passes(preset)),
+        # The CUDA backend's legalize list ends with dlight; edgecc's schedule phase owns that.
+        ("legalize", backend.library_dispatch_passes(target) + [
+            relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]),
+        ("schedule", schedule_passes(preset)),
+        ("lower", backend.dataflow_lower_passes(target) + backend.finalize_passes(target)),
+    ]
+
+
+def _pass_name(p) -> str:
+    info = getattr(p, "info", None)
+    return info.name if info is not None else type(p).__name__
+
+
+def run_phases(mod: tvm.IRModule, preset, target) -> tuple[tvm.IRModule, list[PhaseRecord]]:
+    """Run every phase under the target; return the lowered module and a record per phase."""
+    dump_dir = os.environ.get("EDGECC_DUMP_IR")
+    records = []
+    with target:
+        for index, (name, passes) in enumerate(phases(preset, target), start=1):
+            start = time.perf_counter()
+            mod = tvm.transform.Sequential(passes)(mod)
+            prim_funcs = sum(isinstance(f, tvm.tirx.PrimFunc) for f in mod.functions.values())
+            records.append(PhaseRecord(name, [_pass_name(p) for p in passes],
+                                       round(time.perf_counter() - start, 3), prim_funcs))
+            if dump_dir:
+                Path(dump_dir).mkdir(parents=True, exist_ok=True)
+                (Path(dump_dir) / f"{index}_{name}.py").write_text(mod.script())
+    return mod, records
+
+
+def build_executable(mod: tvm.IRModule, preset):
+    """Compile an imported module for a preset into a ``relax.VMExecutable``."""
+    target = preset.tvm_target()
+    lowered, records = run_phases(mod, preset, target)
+    executable = relax.build(lowered, target, relax_pipeline=None)
+    return executable, records

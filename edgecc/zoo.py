@@ -1,0 +1,130 @@
+"""Real architectures with seeded random weights, for the demo, tests and benchmarks.
+
+The ``onnx`` wheel ships ``backend/test/data/light/*.onnx``: real networks
+(resnet50, squeezenet, ...) whose weights were replaced by ``ConstantOfShape``
+nodes fed from ``<name>__SHAPE`` initializers. :func:`light_model` swaps each of
+those for an initializer of seeded random values scaled for the weight's role,
+so activations stay in a sane range and the outputs are worth comparing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+LIGHT_MODELS = ("squeezenet", "shufflenet", "inception_v1", "inception_v2", "resnet50",
+                "densenet121", "bvlc_alexnet", "zfnet512", "vgg19")
+
+
+def light_dir() -> Path:
+    import onnx.backend.test
+
+    return Path(os.path.dirname(onnx.backend.test.__file__)) / "data" / "light"
+
+
+def _role(consumers: list[tuple[onnx.NodeProto, int]]) -> str:
+    """What a weight is for, from the first op that reads it (through Unsqueeze)."""
+    for node, slot in consumers:
+        op = node.op_type
+        if op in ("Conv", "Gemm", "MatMul") and slot == 1:
+            return "weight"
+        if op in ("Conv", "Gemm") and slot == 2:
+            return "bias"
+        if op == "BatchNormalization":
+            return {1: "scale", 2: "bias", 3: "mean", 4: "var"}.get(slot, "bias")
+        if op == "Mul":
+            return "scale"
+    return "bias"
+
+
+def _random_weight(shape: list[int], role: str, consumer: onnx.NodeProto | None,
+                   rng: np.random.Generator) -> np.ndarray:
+    if role == "weight":
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
+        if consumer is not None and consumer.op_type == "Gemm":
+            trans_b = next((a.i for a in consumer.attribute if a.name == "transB"), 0)
+            fan_in = shape[1] if trans_b else shape[0]
+        return (rng.standard_normal(shape) * np.sqrt(2.0 / max(fan_in, 1))).astype(np.float32)
+    if role in ("scale", "var"):
+        return rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+
+def materialize_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """Replace ``ConstantOfShape(<w>__SHAPE)`` weight generators by seeded random initializers.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        A model from the onnx wheel's ``light`` folder (modified copy returned).
+    seed : int
+        Seed of the NumPy generator; the same seed gives the same weights.
+
+    Returns
+    -------
+    onnx.ModelProto
+        The model with real initializers and no weight generators.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model.ir_version = max(model.ir_version, 4)  # IR 3 wants every initializer listed as an input
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, slot))
+
+    def role_of(name: str) -> tuple[str, onnx.NodeProto | None]:
+        uses = consumers.get(name, [])
+        for node, _ in uses:
+            if node.op_type == "Unsqueeze":
+                return role_of(node.output[0])
+        return _role(uses), (uses[0][0] if uses else None)
+
+    rng = np.random.default_rng(seed)
+    keep_nodes, new_inits, dropped = [], [], set()
+    for node in graph.node:
+        shape_name = node.input[0] if node.op_type == "ConstantOfShape" and node.input else None
+        if shape_name in inits and shape_name.endswith("__SHAPE"):
+            shape = numpy_helper.to_array(inits[shape_name]).astype(int).tolist()
+            role, consumer = role_of(node.output[0])
+            value = _random_weight(shape, role, consumer, rng)
+            new_inits.append(numpy_helper.from_array(value, node.output[0]))
+            dropped.add(shape_name)
+            continue
+        keep_nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(keep_nodes)
+    kept_inits = [t for t in graph.initializer if t.name not in dropped]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits + new_inits)
+    # Old-IR models list weights as graph inputs too; a weight is not a user input.
+    weight_names = {t.name for t in graph.initializer} | dropped
+    real_inputs = [i for i in graph.input if i.name not in weight_names]
+    del graph.input[:]
+    graph.input.extend(real_inputs)
+    return model
+
+
+def light_model(name: str, seed: int = 0) -> onnx.ModelProto:
+    """Load ``light_<name>.onnx`` from the onnx wheel with seeded random weights."""
+    path = light_dir() / f"light_{name}.onnx"
+    if not path.exists():
+        raise FileNotFoundError(f"no light model {name!r}; have: {', '.join(LIGHT_MODELS)}")
+    return materialize_weights(onnx.load(str(path)), seed)
+
+
+def sample_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random inputs matching the model's (static) input shapes and dtypes."""
+    rng = np.random.default_rng(seed)
+    inputs = {}
+    for value in model.graph.input:
+        ttype = value.type.tensor_type
+        shape = [d.dim_value if d.dim_value > 0 else 1 for d in ttype.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type)
+        inputs[value.name] = rng.standard_normal(shape).astype(dtype)
+    return inputs
