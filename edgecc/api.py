@@ -20,23 +20,22 @@ __all__ = ["compile", "inspect_model"]
 
 
 def _require_nvcc() -> None:
-    """CUDA device code is compiled by nvcc; find it and point TVM at it."""
-    cuda_home = os.environ.get("CUDA_PATH", "/usr/local/cuda")
-    nvcc = shutil.which("nvcc") or (str(Path(cuda_home) / "bin" / "nvcc")
-                                    if (Path(cuda_home) / "bin" / "nvcc").exists() else None)
-    if nvcc is None:
-        raise ToolchainError("CUDA targets need nvcc: install the CUDA toolkit "
-                             "(Debian package nvidia-cuda-toolkit) or set CUDA_PATH")
-    os.environ.setdefault("CUDA_PATH", str(Path(nvcc).resolve().parent.parent))
-    # TVM defaults to NVRTC through the cuda-python bindings; nvcc needs nothing more.
-    os.environ.setdefault("TVM_CUDA_COMPILE_MODE", "nvcc")
+    """CUDA device code is compiled by nvcc at build time; find it and tell TVM where it is."""
+    from edgecc.cuda import find_nvcc
+
+    os.environ.setdefault("CUDA_PATH", str(find_nvcc().parent.parent))
 
 
 def _export(executable, path: Path, preset: TargetPreset) -> None:
     from tvm.support.cc import cross_compiler
 
     compiler = preset.require_toolchain()
-    executable.export_library(str(path), fcompile=cross_compiler(compiler))
+    options = {}
+    if preset.device == "cuda":
+        from edgecc.cuda import fpack_imports_with_fatbin
+
+        options["fpack_imports"] = fpack_imports_with_fatbin(preset.cuda_arch, preset.llvm["mtriple"])
+    executable.export_library(str(path), fcompile=cross_compiler(compiler), **options)
 
 
 def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPreset = "host", *,

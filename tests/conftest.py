@@ -59,3 +59,35 @@ def tiny_path(tmp_path):
     path = tmp_path / "tiny.onnx"
     onnx.save(tiny_model(), str(path))
     return path
+
+
+class BundleCache:
+    """Compile each (light model, target) once per test session and keep the saved bundle."""
+
+    def __init__(self, root):
+        self.root = root
+        self._bundles = {}
+        self._models = {}
+
+    def model(self, name):
+        from edgecc import zoo
+
+        if name not in self._models:
+            model = zoo.light_model(name, seed=0)
+            self._models[name] = (model, zoo.sample_inputs(model, seed=0))
+        return self._models[name]
+
+    def bundle(self, name, target):
+        import edgecc
+
+        key = (name, target)
+        if key not in self._bundles:
+            bundle = edgecc.compile(self.model(name)[0], target)
+            bundle.save(self.root / f"{name}-{target}")
+            self._bundles[key] = bundle
+        return self._bundles[key]
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory):
+    return BundleCache(tmp_path_factory.mktemp("bundles"))
