@@ -12,7 +12,7 @@ from typing import Callable
 import onnx
 
 from edgecc.bundle import LIBRARY, MANIFEST, Bundle, sha256
-from edgecc.errors import EdgeccError, ToolchainError
+from edgecc.errors import EdgeccError
 from edgecc.frontend import import_onnx, inspect_model, load_onnx
 from edgecc.targets import TargetPreset, get_target
 

@@ -3,22 +3,38 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import platform
 import shutil
 from typing import Any
 
 from edgecc.errors import ToolchainError
 
-# Cross compiler per runtime arch, and the Debian package that provides it.
-TOOLCHAINS = {
-    "x86_64": ("g++", "g++"),
-    "aarch64": ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
-    "riscv64": ("riscv64-linux-gnu-g++", "g++-riscv64-linux-gnu"),
-}
 TRIPLES = {
     "x86_64": "x86_64-linux-gnu",
     "aarch64": "aarch64-linux-gnu",
     "riscv64": "riscv64-linux-gnu",
 }
+# Cross compiler per runtime arch, and the Debian package that provides it.
+TOOLCHAINS = {
+    "x86_64": ("x86_64-linux-gnu-g++", "g++-x86-64-linux-gnu"),
+    "aarch64": ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu"),
+    "riscv64": ("riscv64-linux-gnu-g++", "g++-riscv64-linux-gnu"),
+}
+
+
+def find_cxx(arch: str, purpose: str) -> str:
+    """Path of a C++ compiler producing ``arch`` code: ``$CXX``/``g++`` on that arch, else the
+    cross compiler. ``purpose`` starts the error, which names the Debian package to install."""
+    cross, package = TOOLCHAINS[arch]
+    names = [cross]
+    if arch == platform.machine():
+        names.insert(0, os.environ.get("CXX") or "g++")
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise ToolchainError(f"{purpose} needs the cross compiler {cross}; install it with: apt-get install {package}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,14 +67,6 @@ class TargetPreset:
     cuda_arch: str | None = None
     vlen: int | None = None
 
-    @property
-    def cross_compiler(self) -> str:
-        return TOOLCHAINS[self.arch][0]
-
-    @property
-    def debian_package(self) -> str:
-        return TOOLCHAINS[self.arch][1]
-
     def tvm_target(self):
         """The ``tvm.target.Target`` for this preset (with its host for GPU targets)."""
         import tvm
@@ -69,12 +77,7 @@ class TargetPreset:
 
     def require_toolchain(self) -> str:
         """Path of the C++ compiler that links this target's libraries; clear error if missing."""
-        path = shutil.which(self.cross_compiler)
-        if path is None:
-            raise ToolchainError(
-                f"target '{self.name}' needs the cross compiler {self.cross_compiler}; "
-                f"install it with: apt-get install {self.debian_package}")
-        return path
+        return find_cxx(self.arch, f"target '{self.name}'")
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "arch": self.arch, "device": self.device,

@@ -4,12 +4,14 @@ The run tests are skipped, with the reason printed, on machines without an
 NVIDIA GPU; everything else runs everywhere nvcc is installed.
 """
 
+import struct
+
 import numpy as np
 import pytest
 
 import edgecc
 from edgecc.bundle import gpu_present
-from edgecc.cuda import FATBIN_MAGIC, parse_blob
+from edgecc.cuda import FATBIN_MAGIC
 from edgecc.errors import DeviceError
 
 from ..conftest import onnxruntime_outputs, run_cli
@@ -18,43 +20,28 @@ needs_gpu = pytest.mark.skipif(not gpu_present(), reason="no NVIDIA GPU on this 
 
 
 def embedded_cuda_module(library):
-    """The packed CUDA module's bytes, read back from the library's blob symbol."""
-    import subprocess
-
+    """The packed CUDA module's bytes, found in the library's module blob (stored as is)."""
     data = library.read_bytes()
-    # The blob starts with its u64 length right at the __tvm_ffi__library_bin symbol.
-    for objdump in ("objdump", "aarch64-linux-gnu-objdump"):
-        table = subprocess.run([objdump, "-t", "-h", str(library)], capture_output=True, text=True).stdout
-        if "__tvm_ffi__library_bin" in table:
-            break
-    sections = {}
-    for line in table.splitlines():
-        parts = line.split()
-        if len(parts) >= 6 and parts[0].isdigit():
-            sections[parts[1]] = (int(parts[3], 16), int(parts[5], 16))  # VMA, file offset
-    symbol = next(l for l in table.splitlines() if l.rstrip().endswith("__tvm_ffi__library_bin"))
-    address, section = int(symbol.split()[0], 16), symbol.split()[-3]
-    vma, offset = sections[section]
-    start = address - vma + offset
-    size = int.from_bytes(data[start:start + 8], "little") + 8
-    groups = parse_blob(data[start:start + size])[2]
-    return dict(groups)[b"cuda"]
+    kind = struct.pack("<Q", 4) + b"cuda"
+    start = data.find(kind)
+    assert start >= 0 and data.find(kind, start + 1) < 0, "expected exactly one packed CUDA module"
+    size = struct.unpack_from("<Q", data, start + len(kind))[0]
+    begin = start + len(kind) + 8
+    return data[begin:begin + size]
 
 
-@pytest.mark.parametrize("target, arch", [("cuda", "x86_64"), ("jetson-orin", "aarch64"), ("cuda-sm90", "x86_64")])
-def test_cuda_build_embeds_device_code(target, arch, bundles, tmp_path):
-    options = {"cuda_arch": "sm_90"} if target == "cuda-sm90" else {}
+@pytest.mark.parametrize("target, cuda_arch, arch", [("cuda", None, "x86_64"), ("cuda", "sm_90", "x86_64"),
+                                                    ("jetson-orin", None, "aarch64")])
+def test_cuda_build_embeds_device_code(target, cuda_arch, arch, bundles, tmp_path):
     model, _ = bundles.model("squeezenet")
-    bundle = edgecc.compile(model, target.replace("-sm90", ""), **options)
-    bundle.save(tmp_path / target)
+    bundle = edgecc.compile(model, target, cuda_arch=cuda_arch)
+    path = bundle.save(tmp_path / "bundle")
     assert bundle.target["arch"] == arch and bundle.target["device"] == "cuda"
-    payload = embedded_cuda_module(tmp_path / target / "model.so")
-    fmt_len = int.from_bytes(payload[:8], "little")
-    assert payload[8:8 + fmt_len] == b"fatbin"
-    assert FATBIN_MAGIC in payload
+    payload = embedded_cuda_module(path / "model.so")
+    assert payload[:14] == struct.pack("<Q", 6) + b"fatbin"
+    assert FATBIN_MAGIC in payload and b"__global__" not in payload  # machine code, not source
     assert b"fused_conv2d_add_relu_kernel" in payload  # kernel names live in the cubin
-    sm = options.get("cuda_arch", "sm_87").encode()
-    assert sm in payload
+    assert (cuda_arch or "sm_87").encode() in payload
 
 
 @pytest.mark.skipif(gpu_present(), reason="this machine has a GPU; the no-GPU message cannot appear")
