@@ -121,3 +121,19 @@ def test_save_refuses_to_replace_a_non_bundle(mlp_bundle, tmp_path):
     with pytest.raises(UserInputError, match="not an edgecc bundle"):
         edgecc.load(mlp_bundle / "bundle").save(tmp_path)
     assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("target, vlen_flag", [("riscv-vlen128", "vlen=128"), ("riscv", "vlen=512"),
+                                               ("arm-a55", None), ("arm-a76", None)])
+def test_presets_run_under_qemu_with_their_settings(target, vlen_flag, tmp_path):
+    x = np.random.default_rng(3).standard_normal((2, 16)).astype(np.float32)
+    options = {"vlen": 512} if vlen_flag == "vlen=512" else {}
+    bundle = edgecc.compile(mlp_model(), target, input_shapes={"x": [2, 16]}, **options)
+    bundle.save(tmp_path / target)
+    command = " ".join(bundle.command())
+    if vlen_flag:
+        assert f"-cpu rv64,v=true,{vlen_flag}" in command  # the emulated VLEN is the target's
+    reference = onnxruntime_outputs(mlp_model(), {"x": x})
+    outputs = bundle.run({"x": x})
+    np.testing.assert_allclose(outputs["probs"], reference[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(outputs["hidden"], reference[1], rtol=1e-5, atol=1e-5)
