@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -11,6 +12,7 @@ from typing import Callable
 
 import onnx
 
+from edgecc import __version__
 from edgecc.bundle import LIBRARY, MANIFEST, Bundle, sha256
 from edgecc.errors import EdgeccError
 from edgecc.frontend import import_onnx, inspect_model, load_onnx
@@ -105,8 +107,6 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
     log(f"linked {LIBRARY} for {preset.name} ({preset.arch}) in {timings['link_s']:.1f}s")
 
     manifest = _manifest(source, preset, inputs, outputs, phases, timings, folder / LIBRARY)
-    import json
-
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return Bundle(folder, manifest, staging=staging)
 
@@ -114,8 +114,6 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
 def _manifest(source, preset, inputs, outputs, phases, timings, library: Path) -> dict:
     import tvm
     import tvm_ffi
-
-    from edgecc import __version__
 
     return {
         "format": 1,
