@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -202,6 +203,38 @@ def _type_specs(ret_ty, names: list[str]) -> list[TensorSpec]:
     return specs
 
 
+def _identifier(name: str, taken: set[str]) -> str:
+    ident = re.sub(r"\W", "_", name)
+    ident = ident if ident and not ident[0].isdigit() else f"input_{ident}"
+    while ident in taken:
+        ident += "_"
+    return ident
+
+
+def rename_inputs_to_identifiers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose graph inputs are C identifiers (``gpu_0/data_0`` -> ``gpu_0_data_0``).
+
+    TVM names kernel parameters after the inputs, and its CUDA codegen writes them
+    into C source unchanged; the bundle keeps the ONNX names (inputs are positional).
+    """
+    renames, taken = {}, {v.name for v in model.graph.value_info} | {n for node in model.graph.node
+                                                                       for n in node.output}
+    for value in model.graph.input:
+        if not value.name.isidentifier():
+            renames[value.name] = _identifier(value.name, taken)
+            taken.add(renames[value.name])
+    if not renames:
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for value in model.graph.input:
+        value.name = renames.get(value.name, value.name)
+    for tensor in model.graph.initializer:
+        tensor.name = renames.get(tensor.name, tensor.name)
+    for node in _all_nodes(model.graph):
+        node.input[:] = [renames.get(name, name) for name in node.input]
+    return model
+
+
 def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None):
     """Check and import a model into a Relax ``IRModule`` with its weights bound as constants.
 
@@ -221,13 +254,15 @@ def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | Non
 
     check_supported(model)
     inputs = bind_input_shapes(model, input_shapes)
+    model = rename_inputs_to_identifiers(model)
     if model.ir_version < 4:
         # IR 3 wants every initializer listed as a graph input; TVM's checker
         # warns about models that omit them, which is harmless for import.
         model = onnx.ModelProto.FromString(model.SerializeToString())
         model.ir_version = 4
-    shape_dict = {spec.name: list(spec.shape) for spec in inputs}
-    dtype_dict = {spec.name: spec.dtype for spec in inputs}
+    names = [spec.name for spec in graph_inputs(model)]  # same order, identifier names
+    shape_dict = {name: list(spec.shape) for name, spec in zip(names, inputs)}
+    dtype_dict = {name: spec.dtype for name, spec in zip(names, inputs)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:

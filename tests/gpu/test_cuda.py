@@ -30,17 +30,19 @@ def embedded_cuda_module(library):
     return data[begin:begin + size]
 
 
-@pytest.mark.parametrize("target, cuda_arch, arch", [("cuda", None, "x86_64"), ("cuda", "sm_90", "x86_64"),
-                                                    ("jetson-orin", None, "aarch64")])
-def test_cuda_build_embeds_device_code(target, cuda_arch, arch, bundles, tmp_path):
-    model, _ = bundles.model("squeezenet")
+# shufflenet's input is "gpu_0/data_0": kernel parameters must still be valid CUDA C names.
+@pytest.mark.parametrize("name, target, cuda_arch, arch", [
+    ("squeezenet", "cuda", None, "x86_64"), ("squeezenet", "cuda", "sm_90", "x86_64"),
+    ("squeezenet", "jetson-orin", None, "aarch64"), ("shufflenet", "cuda", None, "x86_64")])
+def test_cuda_build_embeds_device_code(name, target, cuda_arch, arch, bundles, tmp_path):
+    model, _ = bundles.model(name)
     bundle = edgecc.compile(model, target, cuda_arch=cuda_arch)
     path = bundle.save(tmp_path / "bundle")
     assert bundle.target["arch"] == arch and bundle.target["device"] == "cuda"
     payload = embedded_cuda_module(path / "model.so")
     assert payload[:14] == struct.pack("<Q", 6) + b"fatbin"
     assert FATBIN_MAGIC in payload and b"__global__" not in payload  # machine code, not source
-    assert b"fused_conv2d_add_relu_kernel" in payload  # kernel names live in the cubin
+    assert b"fused_conv2d" in payload and b"_kernel" in payload  # kernel names live in the cubin
     assert (cuda_arch or "sm_87").encode() in payload
 
 

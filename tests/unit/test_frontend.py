@@ -137,3 +137,15 @@ def test_registered_converter_is_used_by_the_importer():
         del CONVERTERS[("ai.edgecc.test", "TimesThree")]
     with pytest.raises(UnsupportedOpError, match="TimesThree"):
         import_onnx(model)
+
+
+def test_input_names_become_identifiers_inside_but_not_in_the_bundle():
+    from edgecc.frontend.loader import rename_inputs_to_identifiers
+
+    model = light_model("shufflenet")  # input "gpu_0/data_0": not a C identifier
+    renamed = rename_inputs_to_identifiers(model)
+    assert [i.name for i in renamed.graph.input] == ["gpu_0_data_0"]
+    assert renamed.graph.node[0].input[0] == "gpu_0_data_0"
+    mod, inputs, _ = import_onnx(model)
+    assert [i.name for i in inputs] == ["gpu_0/data_0"]
+    assert "gpu_0/data_0" not in mod.script() and "gpu_0_data_0" in mod.script()
