@@ -95,6 +95,25 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from edgecc.bench import benchmark
+
+    result = benchmark(args.model, args.target, vs=args.vs, threads=args.threads, rounds=args.rounds,
+                       repeat=args.repeat, per_op=args.per_op, input_shapes=dict(args.input_shape or []))
+    print(f"{Path(args.model).name}: {result.threads} threads, median of {result.rounds} interleaved rounds "
+          f"x {result.repeat} runs")
+    print(f"  edgecc       {result.edgecc_ms:10.3f} ms")
+    if result.peer_ms is not None:
+        print(f"  {args.vs:<12} {result.peer_ms:10.3f} ms")
+        print(f"  ratio        {result.ratio:10.2f}x  (edgecc / {args.vs}; below 1 is faster)")
+    if result.per_op:
+        total = sum(ms for _, _, ms in result.per_op)
+        print(f"  per kernel (one run, {total:.2f} ms in kernels):")
+        for name, calls, ms in result.per_op[:args.top]:
+            print(f"    {ms:9.3f} ms {100 * ms / total:5.1f}%  x{calls:<3d} {name}")
+    return 0
+
+
 def cmd_targets(args) -> int:
     from edgecc.targets import describe_targets
 
@@ -130,6 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("model", metavar="MODEL.onnx")
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     inspect.set_defaults(func=cmd_inspect)
+
+    bench = sub.add_parser("bench", help="latency on this machine against ONNX Runtime, side by side")
+    bench.add_argument("model", metavar="MODEL.onnx")
+    bench.add_argument("--target", "-t", default="host", help="host (timing under qemu means nothing)")
+    bench.add_argument("--vs", choices=["onnxruntime"], default="onnxruntime", help="peer measured in the same run")
+    bench.add_argument("--threads", type=int, help="threads for both (default: all cores)")
+    bench.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    bench.add_argument("--repeat", type=int, default=10, help="timed runs per round (default 10)")
+    bench.add_argument("--per-op", action="store_true", help="list kernels by time")
+    bench.add_argument("--top", type=int, default=15, help="kernels listed with --per-op (default 15)")
+    bench.add_argument("--input-shape", action="append", type=_input_shape, metavar="NAME=D0,D1,...")
+    bench.set_defaults(func=cmd_bench)
 
     targets = sub.add_parser("targets", help="list target presets")
     targets.set_defaults(func=cmd_targets)

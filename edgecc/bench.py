@@ -1,0 +1,132 @@
+"""``edgecc bench``: latency of a host build against ONNX Runtime, measured side by side.
+
+Both run on the same seeded inputs with the same thread count. Rounds alternate
+which runs first; each round reports a median over ``repeat`` runs, and the
+result is the median of the round medians (the machine is shared and noisy).
+``per_op`` times each kernel call of one run through the Relax VM's instrument hook.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+
+import numpy as np
+
+from edgecc.errors import UserInputError
+
+
+@dataclasses.dataclass
+class BenchResult:
+    """Medians in milliseconds; ``ratio`` is edgecc / peer (below 1 means edgecc is faster)."""
+
+    edgecc_ms: float
+    peer_ms: float | None
+    threads: int
+    rounds: int
+    repeat: int
+    per_op: list[tuple[str, int, float]] | None = None  # (kernel, calls, total ms)
+
+    @property
+    def ratio(self) -> float | None:
+        return self.edgecc_ms / self.peer_ms if self.peer_ms else None
+
+
+def _onnxruntime_median(session, inputs, repeat: int) -> float:
+    session.run(None, inputs)  # warm-up
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        session.run(None, inputs)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def per_op_times(bundle, inputs: dict[str, np.ndarray]) -> list[tuple[str, int, float]]:
+    """(kernel, calls, total ms) for one run of ``main``, slowest first (host bundles only).
+
+    Runs in this process with TVM's default thread pool (all cores)."""
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(bundle.path / "model.so")), tvm.cpu())
+    args = [tvm.runtime.tensor(a) for a in bundle.check_inputs(inputs)]
+    vm["main"](*args)  # warm-up
+    totals: dict[str, list] = {}
+    started: dict[str, float] = {}
+
+    def instrument(func, name, before_run, ret_value, *call_args):
+        if before_run:
+            started[name] = time.perf_counter()
+        else:
+            entry = totals.setdefault(name, [0, 0.0])
+            entry[0] += 1
+            entry[1] += (time.perf_counter() - started.pop(name)) * 1e3
+
+    vm.set_instrument(instrument)
+    vm["main"](*args)
+    return sorted(((name, calls, ms) for name, (calls, ms) in totals.items()), key=lambda row: -row[2])
+
+
+def benchmark(model, target: str = "host", *, vs: str | None = "onnxruntime", threads: int | None = None,
+              rounds: int = 5, repeat: int = 10, per_op: bool = False, input_shapes=None) -> BenchResult:
+    """Compile ``model`` for the host and time it against ``vs`` on the same inputs.
+
+    Parameters
+    ----------
+    model : path or onnx.ModelProto
+    target : str
+        Must be a preset that runs natively here (``host``): timing under qemu means nothing.
+    vs : {"onnxruntime", None}
+        The peer measured in the same run.
+    threads : int, optional
+        Threads for both (default: all cores).
+    rounds, repeat : int
+        Interleaved rounds, and timed runs per round.
+    per_op : bool
+        Also time each kernel.
+    """
+    import onnx
+
+    import edgecc
+    from edgecc.frontend import load_onnx
+
+    if target != "host":
+        raise UserInputError("bench measures on this machine: use --target host")
+    if vs not in (None, "onnxruntime"):
+        raise UserInputError(f"unknown peer {vs!r}; supported: onnxruntime")
+    if rounds < 1 or repeat < 1:
+        raise UserInputError("--rounds and --repeat must be at least 1")
+    threads = threads or os.cpu_count() or 1
+    proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
+    bundle = edgecc.compile(proto, target, input_shapes=input_shapes)
+    shapes = {spec["name"]: spec["shape"] for spec in bundle.inputs}
+    rng = np.random.default_rng(0)
+    inputs = {spec["name"]: rng.standard_normal(shapes[spec["name"]]).astype(spec["dtype"])
+              for spec in bundle.inputs}
+
+    session = None
+    if vs == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    ours, theirs = [], []
+    for index in range(rounds):
+        def run_edgecc():
+            timing = {}
+            bundle.run(inputs, repeat=repeat, threads=threads, timing=timing)
+            ours.append(timing["median_ms"])
+
+        def run_peer():
+            if session is not None:
+                theirs.append(_onnxruntime_median(session, inputs, repeat))
+
+        for step in ((run_edgecc, run_peer) if index % 2 == 0 else (run_peer, run_edgecc)):
+            step()
+    return BenchResult(statistics.median(ours), statistics.median(theirs) if theirs else None, threads,
+                       rounds, repeat, per_op_times(bundle, inputs) if per_op else None)
