@@ -96,6 +96,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
     timings["compile_s"] = round(time.perf_counter() - start, 3)
     for record in phases:
         log(f"phase {record.phase}: {record.seconds:.2f}s, {record.prim_funcs_after} kernels")
+        for kernel, rule in sorted((record.kernels or {}).items()):
+            log(f"  {kernel}: {rule}")
 
     runtime_dir = ensure_runtime(preset.arch, log=log)
     staging = tempfile.TemporaryDirectory(prefix="edgecc-bundle-")

@@ -99,9 +99,15 @@ def benchmark(model, target: str = "host", *, vs: str | None = "onnxruntime", th
         raise UserInputError(f"unknown peer {vs!r}; supported: onnxruntime")
     if rounds < 1 or repeat < 1:
         raise UserInputError("--rounds and --repeat must be at least 1")
-    threads = threads or os.cpu_count() or 1
     proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
     bundle = edgecc.compile(proto, target, input_shapes=input_shapes)
+    return measure(bundle, proto, vs=vs, threads=threads, rounds=rounds, repeat=repeat, per_op=per_op)
+
+
+def measure(bundle, proto, *, vs: str | None = "onnxruntime", threads: int | None = None, rounds: int = 5,
+            repeat: int = 10, per_op: bool = False) -> BenchResult:
+    """Time a host ``bundle`` built from ``proto`` against ``vs``, interleaved round by round."""
+    threads = threads or os.cpu_count() or 1
     shapes = {spec["name"]: spec["shape"] for spec in bundle.inputs}
     rng = np.random.default_rng(0)
     inputs = {spec["name"]: rng.standard_normal(shapes[spec["name"]]).astype(spec["dtype"])

@@ -121,18 +121,22 @@ class Bundle:
         return [*emulator_prefix(target["arch"], target.get("vlen")), str(self.path / "runtime" / RUNNER)]
 
     def run(self, inputs: dict[str, np.ndarray], *, repeat: int = 1, threads: int | None = None,
-            timing: dict | None = None) -> dict[str, np.ndarray]:
+            timing: dict | None = None, warmup: int | None = None) -> dict[str, np.ndarray]:
         """Run ``main`` on named inputs and return ``{output name: array}``.
 
         Executes the bundle's own runner, under qemu-user when the target arch
         differs from this machine's. ``timing``, if given, receives the runner's
-        timing record (``median_ms`` ...) over ``repeat`` runs.
+        timing record (``median_ms`` ...) over ``repeat`` runs after ``warmup``
+        untimed ones (default 1, or 0 under an emulator, where timing means nothing).
         """
         arrays = self.check_inputs(inputs)
+        command = self.command()
+        if warmup is None:
+            warmup = 0 if command[0].startswith("qemu-") else 1
         with tempfile.TemporaryDirectory(prefix="edgecc-run-") as work:
             work = Path(work)
-            argv = self.command() + [str(self.path / LIBRARY), "--device", self.target["device"],
-                                     "--output-dir", str(work), "--repeat", str(repeat)]
+            argv = command + [str(self.path / LIBRARY), "--device", self.target["device"],
+                              "--output-dir", str(work), "--repeat", str(repeat), "--warmup", str(warmup)]
             if threads:
                 argv += ["--threads", str(threads)]
             for index, array in enumerate(arrays):

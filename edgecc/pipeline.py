@@ -20,7 +20,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.relax.backend.cuda import pipeline as cuda_backend
 
 from edgecc.passes import graph_passes
-from edgecc.schedules import schedule_passes
+from edgecc.schedules import legalize_map, schedule_passes, schedule_report
 
 
 @dataclasses.dataclass
@@ -31,6 +31,7 @@ class PhaseRecord:
     passes: list[str]
     seconds: float
     prim_funcs_after: int
+    kernels: dict[str, str] | None = None  # schedule phase: kernel name -> rule that scheduled it
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -47,7 +48,7 @@ def phases(preset, target) -> list[tuple[str, list]]:
         ("graph", graph_passes(preset)),
         # The CUDA backend's legalize list ends with dlight; edgecc's schedule phase owns that.
         ("legalize", backend.library_dispatch_passes(target) + [
-            relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+            relax.transform.LegalizeOps(legalize_map(preset)), relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]),
         ("schedule", schedule_passes(preset)),
         ("lower", backend.dataflow_lower_passes(target) + backend.finalize_passes(target)),
@@ -69,7 +70,8 @@ def run_phases(mod: tvm.IRModule, preset, target) -> tuple[tvm.IRModule, list[Ph
             mod = tvm.transform.Sequential(passes)(mod)
             prim_funcs = sum(isinstance(f, tvm.tirx.PrimFunc) for f in mod.functions.values())
             records.append(PhaseRecord(name, [_pass_name(p) for p in passes],
-                                       round(time.perf_counter() - start, 3), prim_funcs))
+                                       round(time.perf_counter() - start, 3), prim_funcs,
+                                       schedule_report(mod) if name == "schedule" else None))
             if dump_dir:
                 Path(dump_dir).mkdir(parents=True, exist_ok=True)
                 (Path(dump_dir) / f"{index}_{name}.py").write_text(mod.script())

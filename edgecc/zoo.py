@@ -128,3 +128,69 @@ def sample_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray
         dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type)
         inputs[value.name] = rng.standard_normal(shape).astype(dtype)
     return inputs
+
+
+def encoder_model(layers: int = 4, d_model: int = 256, heads: int = 4, seq: int = 128,
+                  ffn: int = 1024, seed: int = 0) -> onnx.ModelProto:
+    """A post-norm transformer encoder as exporters write it (opset 17), seeded random weights.
+
+    Each layer: Q/K/V MatMul+Add, Reshape/Transpose into heads, MatMul with K transposed,
+    scale, Softmax, MatMul with V, merge heads, output projection, residual Add,
+    LayerNormalization, a GELU feed-forward (Erf form) and a second residual + LayerNorm.
+    Input ``x[1, seq, d_model]``, output ``y[1, seq, d_model]``.
+    """
+    rng = np.random.default_rng(seed)
+    head = d_model // heads
+    nodes, inits = [], []
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def weight(name, shape, fan_in):
+        return const(name, (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32))
+
+    def node(op, inputs, name, **attrs):
+        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    def linear(x, prefix, d_in, d_out):
+        y = node("MatMul", [x, weight(f"{prefix}.w", [d_in, d_out], d_in)], f"{prefix}.mm")
+        return node("Add", [y, weight(f"{prefix}.b", [d_out], 16 * d_out)], f"{prefix}.out")
+
+    def layer_norm(x, prefix):
+        scale = const(f"{prefix}.g", rng.uniform(0.8, 1.2, d_model).astype(np.float32))
+        bias = const(f"{prefix}.beta", (rng.standard_normal(d_model) * 0.05).astype(np.float32))
+        return node("LayerNormalization", [x, scale, bias], f"{prefix}.out", axis=-1, epsilon=1e-5)
+
+    split_shape = const("split_shape", np.array([1, seq, heads, head], np.int64))
+    merge_shape = const("merge_shape", np.array([1, seq, d_model], np.int64))
+    scale = const("attn_scale", np.array(1.0 / np.sqrt(head), np.float32))
+    half, one = const("half", np.array(0.5, np.float32)), const("one", np.array(1.0, np.float32))
+    sqrt2 = const("sqrt2", np.array(np.sqrt(2.0), np.float32))
+    x = "x"
+    for i in range(layers):
+        p = f"l{i}"
+        q, k, v = (linear(x, f"{p}.{n}", d_model, d_model) for n in "qkv")
+        q, k, v = (node("Reshape", [t, split_shape], f"{t}.heads") for t in (q, k, v))
+        q = node("Transpose", [q], f"{p}.qT", perm=[0, 2, 1, 3])
+        k = node("Transpose", [k], f"{p}.kT", perm=[0, 2, 3, 1])
+        v = node("Transpose", [v], f"{p}.vT", perm=[0, 2, 1, 3])
+        scores = node("Mul", [node("MatMul", [q, k], f"{p}.qk"), scale], f"{p}.scaled")
+        probs = node("Softmax", [scores], f"{p}.probs", axis=-1)
+        ctx = node("Transpose", [node("MatMul", [probs, v], f"{p}.ctx")], f"{p}.ctxT", perm=[0, 2, 1, 3])
+        ctx = node("Reshape", [ctx, merge_shape], f"{p}.merged")
+        x = layer_norm(node("Add", [x, linear(ctx, f"{p}.o", d_model, d_model)], f"{p}.res1"), f"{p}.ln1")
+        h = linear(x, f"{p}.ff1", d_model, ffn)
+        erf = node("Erf", [node("Div", [h, sqrt2], f"{p}.ff1.div")], f"{p}.erf")
+        h = node("Mul", [node("Mul", [h, node("Add", [erf, one], f"{p}.erf1")], f"{p}.gelu0"), half], f"{p}.gelu")
+        x = layer_norm(node("Add", [x, linear(h, f"{p}.ff2", ffn, d_model)], f"{p}.res2"), f"{p}.ln2")
+    nodes.append(helper.make_node("Identity", [x], ["y"], name="output"))
+    graph = helper.make_graph(
+        nodes, f"encoder_{layers}x{d_model}",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, seq, d_model])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, seq, d_model])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -1,17 +1,26 @@
 """Graph-level Relax passes, run after import and before legalization.
 
 edgecc's own passes (quantize, sparsify, ssm, ...) live here one per file and
-join :func:`graph_passes`. Today the phase holds the inference simplifications
-every target wants: batch norm decomposed into a scale and shift on constants,
-and constants folded, so later fusion sees conv + elementwise epilogues.
+join :func:`graph_passes`. Every target gets the inference simplifications:
+batch norm decomposed, then folded with conv biases into the conv weights
+(:mod:`.fold_affine`), and constants folded. CPU targets then run their conv
+regions channels-last (:mod:`.channels_last`), the layout the CPU kernels in
+``edgecc.schedules`` vectorise.
 """
 
 from __future__ import annotations
 
 from tvm import relax
 
+from .channels_last import ChannelsLast
+from .fold_affine import FoldAffineIntoConv
+
 
 def graph_passes(preset) -> list:
     """The graph phase of the pipeline for a target preset (a list of TVM passes)."""
-    del preset  # every target wants the same inference simplifications today
-    return [relax.transform.DecomposeOpsForInference(), relax.transform.FoldConstant()]
+    passes = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
+              relax.transform.FoldConstant(), FoldAffineIntoConv(),
+              relax.transform.DeadCodeElimination()]
+    if preset.device == "cpu":
+        passes += [ChannelsLast(), relax.transform.DeadCodeElimination()]
+    return passes + [relax.transform.FoldConstant()]

@@ -1,18 +1,107 @@
-"""Default schedules: every PrimFunc gets one before lowering.
+"""Default schedules: every PrimFunc gets one before lowering, with no tuning.
 
-CUDA kernels must bind threads to run at all, so GPU targets get TVM's dlight
-rules (matmul, GEMV, reductions, and a fallback that schedules anything else).
-CPU kernels are left to TVM's loop nests and LLVM's vectorizer for now.
+CPU targets: edgecc's rules in :mod:`.cpu`, sized from the target's SIMD width
+(AVX-512, NEON, RVV at the preset's VLEN), for the kernels :mod:`.compute`
+defines and the ones TVM's legalization emits. Each PrimFunc records the rule
+that scheduled it in its ``edgecc.schedule`` attribute; ``edgecc build
+--verbose`` lists them.
+
+CUDA targets: TVM's dlight rules (matmul, GEMV, reductions, and a fallback that
+binds threads to anything else).
 """
 
 from __future__ import annotations
+
+import tvm
+from tvm import relax, tirx
+from tvm.s_tir import Schedule
+
+from . import cpu
+from .compute import conv2d_legalizer, matmul_legalizer
+
+RULE_ATTR = "edgecc.schedule"
+
+
+def fp32_lanes(preset) -> int:
+    """fp32 SIMD lanes of a CPU preset."""
+    return max(preset.vector_bits // 32, 1)
+
+
+def legalize_map(preset) -> dict:
+    """Op legalizations edgecc owns for a preset (``LegalizeOps(customize_legalize_map=...)``)."""
+    if preset.device != "cpu":
+        return {}
+    lanes = fp32_lanes(preset)
+    return {"relax.nn.conv2d": conv2d_legalizer(lanes), "relax.matmul": matmul_legalizer(lanes)}
+
+
+def schedule_cpu_func(func: tirx.PrimFunc, lanes: int, partial_tiles: bool = True) -> tuple[tirx.PrimFunc, str]:
+    """Schedule one PrimFunc with the CPU rules; returns it and the rule that applied.
+    ``partial_tiles=False`` keeps register tiles exact divisors (RVV cannot lower predicated
+    vector loops)."""
+    sch = Schedule(func)
+    main = cpu.main_reduction(sch)
+    if main is not None:
+        name = sch.get(main).annotations.get("edgecc.kernel") or sch.get(main).name_hint
+        done = cpu.tiled_reduction(sch, main, lanes, partial_tiles)
+        if done:
+            rule = f"tiled-reduction[{name}]"
+        else:
+            cpu.row_reduction(sch, main, lanes)
+            rule, done = f"row-reduction[{name}]", [main]
+        cpu.schedule_other_blocks(sch, lanes, done, partial_tiles)
+    else:
+        cpu.inline_spatial_blocks(sch)
+        cpu.schedule_other_blocks(sch, lanes, [], partial_tiles)
+        rule = "injective"
+    return sch.mod["main"], rule
+
+
+def ScheduleCPU(preset):  # noqa: N802 (TVM pass naming)
+    """Pass: schedule every PrimFunc of the module with the CPU rules, recording the rule."""
+    lanes = fp32_lanes(preset)
+    partial_tiles = preset.arch != "riscv64"
+
+    @tvm.transform.module_pass(opt_level=0, name="edgecc.ScheduleCPU")
+    def _pass(mod, _ctx):
+        updates = {}
+        for gvar, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc) or RULE_ATTR in (func.attrs or {}):
+                continue
+            try:
+                new, rule = schedule_cpu_func(func, lanes, partial_tiles)
+            except Exception as err:  # noqa: BLE001 -- an unscheduled kernel is slow, not wrong
+                new, rule = func, f"fallback (unscheduled: {type(err).__name__})"
+            updates[gvar] = new.with_attr(RULE_ATTR, rule)
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        return mod
+
+    return _pass
 
 
 def schedule_passes(preset) -> list:
     """The schedule phase of the pipeline for a target preset (a list of TVM passes)."""
     if preset.device != "cuda":
-        return []
+        return [ScheduleCPU(preset)]
     from tvm.s_tir import dlight as dl
 
     return [dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                     dl.gpu.GeneralReduction(), dl.gpu.Fallback())]
+
+
+def schedule_report(mod: tvm.IRModule) -> dict[str, str]:
+    """``{kernel name: rule}`` for every PrimFunc: the edgecc rule it records, ``dlight`` for
+    one dlight scheduled, else ``fallback (unscheduled)``."""
+    report = {}
+    for gvar, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        attrs = func.attrs or {}
+        if RULE_ATTR in attrs:
+            report[gvar.name_hint] = str(attrs[RULE_ATTR])
+        elif attrs.get("tirx.is_scheduled", False) or attrs.get("tir.is_scheduled", False):
+            report[gvar.name_hint] = "dlight"
+        else:
+            report[gvar.name_hint] = "fallback (unscheduled)"
+    return report

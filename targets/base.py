@@ -67,6 +67,23 @@ class TargetPreset:
     cuda_arch: str | None = None
     vlen: int | None = None
 
+    @property
+    def vector_bits(self) -> int:
+        """SIMD register width the CPU kernels are tiled for: RVV's VLEN, 128 for NEON, and on
+        x86 the widest of AVX-512/AVX2/SSE that LLVM enables for the preset's mcpu."""
+        if self.arch == "riscv64":
+            return self.vlen or 128
+        if self.arch != "x86_64":
+            return 128
+        import tvm
+        from tvm.target import codegen
+
+        target = tvm.target.Target(self.llvm)
+        for bits, feature in ((512, "avx512f"), (256, "avx2")):
+            if codegen.llvm_cpu_has_features(feature, target):
+                return bits
+        return 128
+
     def tvm_target(self):
         """The ``tvm.target.Target`` for this preset (with its host for GPU targets)."""
         import tvm

@@ -1,0 +1,66 @@
+"""Small helpers shared by edgecc's graph passes."""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+from tvm.ir.expr import Constant
+
+
+def op_name(expr) -> str | None:
+    """``relax.nn.conv2d`` for a call to a Relax op, else None."""
+    if isinstance(expr, relax.Call) and hasattr(expr.op, "name"):
+        return expr.op.name
+    return None
+
+
+def static_shape(expr) -> tuple[int, ...] | None:
+    """The shape of a tensor expression when every dim is a known integer."""
+    sinfo = expr.ty
+    if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
+        return None
+    values = getattr(sinfo.shape, "values", None)
+    if values is None or not all(hasattr(v, "value") for v in values):
+        return None
+    return tuple(int(v.value) for v in values)
+
+
+def const_array(expr) -> np.ndarray | None:
+    """The NumPy value of a Relax constant, else None."""
+    return expr.value.numpy() if isinstance(expr, Constant) and hasattr(expr.value, "numpy") else None
+
+
+def use_counts(func: relax.Function) -> dict:
+    """How many places read each Var in a function (bindings and the returned value)."""
+    counts: dict = {}
+
+    def bump(expr):
+        for var in relax.analysis.free_vars(expr):
+            counts[var] = counts.get(var, 0) + 1
+
+    body = func.body
+    for block in body.blocks:
+        for binding in block.bindings:
+            value = binding.value if isinstance(binding, relax.VarBinding) else binding.value
+            bump(value)
+    bump(body.body)
+    return counts
+
+
+def function_pass(rewrite, name: str):
+    """A module pass applying ``rewrite(mod, func) -> func`` to every Relax function."""
+    import tvm
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def _pass(mod, _ctx):
+        updates = {}
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                new = rewrite(mod, func)
+                if new is not func:
+                    updates[gvar] = new
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        return mod
+
+    return _pass

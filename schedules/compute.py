@@ -1,0 +1,156 @@
+"""Kernel definitions (TE computes) that the CPU schedule rules are written for.
+
+Relax's default legalization of ``conv2d`` reads the weight in its graph layout
+on every inference. For CPUs edgecc legalizes a channels-last conv with a
+constant weight into one of two computes whose weight was repacked here, once,
+at compile time:
+
+- ``conv2d_nhwc_packed``: weight ``[OC/ob, KH, KW, IC/groups, ob]``; a block of
+  ``ob`` output channels (the SIMD lanes) reads one contiguous weight row per
+  input channel, in the order the reduction walks it.
+- ``depthwise_conv2d_nhwc``: weight ``[KH, KW, C]``, channels contiguous.
+
+The schedule rules find these kernels by the ``edgecc.kernel`` block annotation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, te, topi
+
+from edgecc.passes._util import const_array
+
+
+DENSE_GROUPS_MAX = 4  # grouped convs with narrow groups run dense (block-diagonal) up to this
+
+
+def output_block(channels: int, lanes: int) -> int:
+    """Output channels per tile (and per packed weight row): two vectors, one, else the largest
+    power of two dividing ``channels`` (1000 classes -> 8), so vectors stay whole registers."""
+    for block in (2 * lanes, lanes):
+        if channels % block == 0:
+            return block
+    block = lanes
+    while channels % block:
+        block //= 2
+    return block
+
+
+def _padded(data, padding):
+    top, left, bottom, right = padding
+    if not any(padding):
+        return data
+    return topi.nn.pad(data, [0, top, left, 0], [0, bottom, right, 0], name="pad")
+
+
+def conv2d_nhwc_packed(data, weight, strides, padding, dilation, groups, out_channels):
+    """``out[n, h, w, oc] = sum(pad[n, h*s + kh*d, w*s + kw*d, ic] * weight[oc // ob, kh, kw, rc, oc % ob])``."""
+    n, height, width, _ = (int(x) for x in data.shape)
+    _, kh, kw, group_in, ob = (int(x) for x in weight.shape)
+    (sh, sw), (dh, dw) = strides, dilation
+    out_h = (height + padding[0] + padding[2] - (kh - 1) * dh - 1) // sh + 1
+    out_w = (width + padding[1] + padding[3] - (kw - 1) * dw - 1) // sw + 1
+    group_out = out_channels // groups
+    pad = _padded(data, padding)
+    rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
+    rc = te.reduce_axis((0, group_in), "rc")
+
+    def body(b, h, w, oc):
+        ic = rc if groups == 1 else (oc // group_out) * group_in + rc
+        return te.sum(pad[b, h * sh + rh * dh, w * sw + rw * dw, ic] * weight[oc // ob, rh, rw, rc, oc % ob],
+                      axis=[rh, rw, rc])
+
+    return te.compute((n, out_h, out_w, out_channels), body, name="conv2d_nhwc",
+                      attrs={"edgecc.kernel": "conv2d_nhwc"})
+
+
+def depthwise_conv2d_nhwc(data, weight, strides, padding, dilation):
+    """``out[n, h, w, c] = sum(pad[n, h*s + kh*d, w*s + kw*d, c] * weight[kh, kw, c])``."""
+    n, height, width, channels = (int(x) for x in data.shape)
+    kh, kw, _ = (int(x) for x in weight.shape)
+    (sh, sw), (dh, dw) = strides, dilation
+    out_h = (height + padding[0] + padding[2] - (kh - 1) * dh - 1) // sh + 1
+    out_w = (width + padding[1] + padding[3] - (kw - 1) * dw - 1) // sw + 1
+    pad = _padded(data, padding)
+    rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
+    return te.compute(
+        (n, out_h, out_w, channels),
+        lambda b, h, w, c: te.sum(pad[b, h * sh + rh * dh, w * sw + rw * dw, c] * weight[rh, rw, c], axis=[rh, rw]),
+        name="depthwise_conv2d_nhwc", attrs={"edgecc.kernel": "depthwise_conv2d_nhwc"})
+
+
+def matmul_packed(data, weight, out_features):
+    """``out[..., m, n] = sum(data[..., m, k] * weight[n // nb, k, n % nb])``: a constant right-hand
+    side packed so each block of ``nb`` columns streams contiguously down ``k``."""
+    *batch, k_dim = (int(x) for x in data.shape)
+    nb = int(weight.shape[-1])
+    rk = te.reduce_axis((0, k_dim), "rk")
+
+    def body(*idx):
+        *lead, n = idx
+        return te.sum(data[(*lead, rk)] * weight[n // nb, rk, n % nb], axis=rk)
+
+    return te.compute((*batch, out_features), body, name="matmul_packed",
+                      attrs={"edgecc.kernel": "matmul_packed"})
+
+
+def matmul_legalizer(lanes: int):
+    """A ``relax.matmul`` legalization for CPUs: a constant 2-D right-hand side gets packed."""
+    default = tvm.ir.Op.get("relax.matmul").get_attr("FLegalize")
+
+    def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+        weight = const_array(call.args[1])
+        data_ty = call.args[0].ty
+        if weight is None or weight.ndim != 2 or weight.dtype != np.float32 or data_ty.dtype != "float32" \
+                or data_ty.ndim < 1 or str(call.ty.dtype) != "float32" \
+                or any(not hasattr(d, "value") for d in data_ty.shape.values):
+            return default(bb, call)
+        k_dim, n_dim = weight.shape
+        nb = output_block(n_dim, lanes)
+        packed = np.ascontiguousarray(weight.reshape(k_dim, n_dim // nb, nb).transpose(1, 0, 2))
+        data = call.args[0]
+        if data_ty.ndim == 1:
+            return default(bb, call)
+        return bb.call_te(matmul_packed, data, relax.const(packed), n_dim, primfunc_name_hint="matmul")
+
+    return legalize
+
+
+def _ints(values) -> list[int]:
+    return [int(v) for v in values]
+
+
+def conv2d_legalizer(lanes: int):
+    """A ``relax.nn.conv2d`` legalization for CPUs with ``lanes`` fp32 SIMD lanes."""
+    default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
+
+    def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+        attrs = call.attrs
+        weight = const_array(call.args[1])
+        if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NHWC", "OIHW", "NHWC") \
+                or weight is None or weight.dtype != np.float32 or call.args[0].ty.dtype != "float32" \
+                or (attrs.out_dtype and str(attrs.out_dtype) not in ("", "float32")):
+            return default(bb, call)
+        out_channels, group_in, kh, kw = weight.shape
+        groups = int(attrs.groups)
+        strides, padding, dilation = _ints(attrs.strides), _ints(attrs.padding), _ints(attrs.dilation)
+        if groups == out_channels and group_in == 1:
+            packed = np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0))
+            return bb.call_te(depthwise_conv2d_nhwc, call.args[0], relax.const(packed), strides, padding,
+                              dilation, primfunc_name_hint="depthwise_conv2d")
+        if groups > 1 and (out_channels // groups) % lanes and groups <= DENSE_GROUPS_MAX:
+            # Groups too narrow for whole vectors: one block-diagonal dense conv does `groups`
+            # times the multiply-adds but at full vector width, which wins up to a few groups.
+            dense = np.zeros((out_channels, group_in * groups, kh, kw), np.float32)
+            group_out = out_channels // groups
+            for g in range(groups):
+                dense[g * group_out:(g + 1) * group_out, g * group_in:(g + 1) * group_in] = \
+                    weight[g * group_out:(g + 1) * group_out]
+            weight, group_in, groups = dense, group_in * groups, 1
+        ob = output_block(out_channels // groups, lanes)
+        packed = weight.reshape(out_channels // ob, ob, group_in, kh, kw).transpose(0, 3, 4, 2, 1)
+        return bb.call_te(conv2d_nhwc_packed, call.args[0], relax.const(np.ascontiguousarray(packed)), strides,
+                          padding, dilation, groups, out_channels, primfunc_name_hint="conv2d")
+
+    return legalize

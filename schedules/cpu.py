@@ -1,0 +1,248 @@
+"""CPU schedule rules: register tiles along the SIMD lanes, parallel outer loops.
+
+Every rule takes an ``s_tir.Schedule`` of one PrimFunc and the fp32 lane count
+of the target (16 for AVX-512, 4 for NEON, VLEN/32 for RVV), schedules it in
+place and returns True, or returns False without touching it.
+
+``tiled_reduction`` is the workhorse: conv2d (packed, depthwise), matmul,
+batch matmul, pooling and channel reductions are all reductions whose innermost
+output axis is contiguous in memory. It computes a register tile of
+``rb`` positions x ``vb`` contiguous outputs in a local accumulator, vectorised
+over the contiguous axis and unrolled over the other, then writes the tile out
+through the fused epilogue (bias, residual add, activation) while it is still in
+registers. Loops outside the tile are fused and run in parallel.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.s_tir import Schedule
+
+from .compute import output_block
+
+DATA_PAR, REDUCE = tirx.IterVar.DataPar, tirx.IterVar.CommReduce
+ACCUMULATORS = 24  # vector registers a tile may hold: 32 on AVX-512, NEON and RVV, minus operands
+PARALLEL_MIN_ELEMENTS = 4096  # below this, a parallel launch costs more than it saves
+
+
+def _extent(sch: Schedule, loop) -> int | None:
+    extent = sch.get(loop).extent
+    return int(extent.value) if hasattr(extent, "value") else None
+
+
+def _iter_kinds(sch: Schedule, block) -> list[int]:
+    return [int(iv.iter_type) for iv in sch.get(block).iter_vars]
+
+
+def _is_reduction(sch: Schedule, block) -> bool:
+    return REDUCE in _iter_kinds(sch, block)
+
+
+def _contiguous_axis(sch: Schedule, block) -> int | None:
+    """Index of the spatial iter var that is the written buffer's last index, if any."""
+    node = sch.get(block)
+    if len(node.writes) != 1:
+        return None
+    last = node.writes[0].region[-1]
+    for index, iv in enumerate(node.iter_vars):
+        if iv.iter_type == DATA_PAR and last.min.same_as(iv.var) and int(last.extent) == 1:
+            return index
+    return None
+
+
+def _perfect_loops(sch: Schedule, block) -> list | None:
+    """The block's loops, if there is one loop per iter var in order (a fresh TE nest)."""
+    loops = sch.get_loops(block)
+    node = sch.get(block)
+    if len(loops) != len(node.iter_vars):
+        return None
+    for loop, iv in zip(loops, node.iter_vars):
+        if _extent(sch, loop) is None or int(iv.dom.extent) != _extent(sch, loop):
+            return None
+    return loops
+
+
+def _choose_reg_block(extent: int, limit: int, partial_tiles: bool) -> int:
+    """Register-tile length along the non-vector axis: the largest divisor of ``extent`` that
+    fits (a third over ``limit`` is fine: 13 rows of 2 vectors still leave operand registers).
+    Where divisors are all small, split evenly with a partial last tile if the target allows."""
+    stretch = limit + limit // 3
+    best = max(d for d in range(1, min(extent, stretch) + 1) if extent % d == 0)
+    if best * 2 >= limit or not partial_tiles:
+        return best
+    tiles = -(-extent // limit)
+    return -(-extent // tiles)
+
+
+def inline_spatial_blocks(sch: Schedule, keep=()) -> None:
+    """Inline every spatial block that is not an output (nor in ``keep``) into its consumers,
+    so an elementwise chain becomes one block."""
+    outputs = {sch.get(b).name_hint for b in sch.get_output_blocks(sch.get_sblock("root"))}
+    outputs |= {sch.get(b).name_hint for b in keep}
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        node = sch.get(block)
+        if node.name_hint in outputs or _is_reduction(sch, block):
+            continue
+        try:
+            sch.compute_inline(block)
+        except Exception:  # noqa: BLE001 -- a block that cannot be inlined keeps its own loop nest
+            pass
+
+
+def _vectorize_inner(sch: Schedule, loops, lanes: int) -> None:
+    """Vectorise the innermost loop in chunks of ``lanes`` when it divides evenly."""
+    inner = loops[-1]
+    extent = _extent(sch, inner)
+    if extent is None or extent < 2:
+        return
+    if extent % lanes == 0 and extent > lanes:
+        _, inner = sch.split(inner, [None, lanes])
+    elif extent > lanes or extent & (extent - 1):
+        return
+    sch.vectorize(inner)
+
+
+def injective(sch: Schedule, block, lanes: int, partial_tiles: bool = True) -> None:
+    """Elementwise/layout block: fuse the outer loops in parallel, vectorise the innermost
+    (not a select such as padding's where ``partial_tiles`` is off: RVV lowering rejects it)."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    extents = [_extent(sch, loop) for loop in loops]
+    if None in extents:
+        return
+    total = 1
+    for extent in extents:
+        total *= extent
+    if len(loops) > 1:
+        outer = sch.fuse(*loops[:-1])
+        loops = [outer, loops[-1]]
+    if partial_tiles or "if_then_else" not in str(sch.get(block).body):
+        _vectorize_inner(sch, loops, lanes)
+    if total >= PARALLEL_MIN_ELEMENTS and len(loops) > 1:
+        sch.parallel(loops[0])
+
+
+def row_reduction(sch: Schedule, block, lanes: int) -> None:
+    """Reduction along a non-contiguous or innermost axis: parallel over the spatial loops."""
+    loops = sch.get_loops(block)
+    kinds = _iter_kinds(sch, block)
+    if len(loops) != len(kinds):
+        return
+    spatial = [loop for loop, kind in zip(loops, kinds) if kind == DATA_PAR]
+    if not spatial or spatial != loops[: len(spatial)]:
+        return
+    outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+    if (_extent(sch, outer) or 0) >= 2:
+        sch.parallel(outer)
+
+
+def tiled_reduction(sch: Schedule, block, lanes: int, partial_tiles: bool = True) -> list:
+    """Register-tiled, vectorised, parallel schedule of a reduction with a contiguous output axis.
+    Returns the blocks it scheduled (empty when the block does not fit the rule)."""
+    loops = _perfect_loops(sch, block)
+    vec_axis = _contiguous_axis(sch, block)
+    kinds = _iter_kinds(sch, block)
+    if loops is None or vec_axis is None or REDUCE not in kinds:
+        return []
+    spatial = [i for i, kind in enumerate(kinds) if kind == DATA_PAR]
+    reduce = [i for i, kind in enumerate(kinds) if kind == REDUCE]
+    if spatial[-1] != vec_axis or spatial + reduce != list(range(len(kinds))):
+        return []
+    vec_extent = _extent(sch, loops[vec_axis])
+    vb = _vector_block(sch, block, vec_extent, lanes)
+    vectors = max(1, -(-vb // lanes))
+    reg_axis = spatial[-2] if len(spatial) >= 2 else None
+    outer_axes = spatial[:-2]
+
+    vec_o, vec_i = sch.split(loops[vec_axis], [None, vb])
+    if reg_axis is not None:
+        rb = _choose_reg_block(_extent(sch, loops[reg_axis]), max(1, ACCUMULATORS // vectors), partial_tiles)
+        reg_o, reg_i = sch.split(loops[reg_axis], [None, rb])
+    else:
+        reg_o = reg_i = None
+    outer = [loops[i] for i in outer_axes]
+    order = outer[:1] + [vec_o] + outer[1:] + ([reg_o] if reg_o is not None else [])
+    tile = ([reg_i] if reg_i is not None else []) + [vec_i]
+    sch.reorder(*order, *[loops[i] for i in reduce], *tile)
+
+    # The epilogue (one block once inline_spatial_blocks ran) runs on the tile in registers.
+    inline_spatial_blocks(sch, keep=sch.get_producers(block))
+    writeback = sch.cache_write(block, 0, "local")
+    consumers = sch.get_consumers(writeback)
+    if len(consumers) == 1:
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except Exception:  # noqa: BLE001 -- not elementwise: it stays a separate loop nest
+            pass
+    anchor = order[-1]
+    sch.reverse_compute_at(writeback, anchor, preserve_unit_loops=True)
+    _vectorize_tile(sch, vec_i, reg_i, lanes)
+    wb_loops = sch.get_loops(writeback)
+    _vectorize_tile(sch, wb_loops[-1], wb_loops[-2] if reg_i is not None else None, lanes)
+
+    parallel_loops = order[:-1] if reg_o is not None else order
+    if parallel_loops:
+        fused = sch.fuse(*parallel_loops) if len(parallel_loops) > 1 else parallel_loops[0]
+        if (_extent(sch, fused) or 0) >= 2:
+            sch.parallel(fused)
+    # Last: the annotation checks above want the reduction block whole, init included.
+    init = sch.decompose_reduction(block, loops[reduce[0]])
+    init_loops = sch.get_loops(init)
+    _vectorize_tile(sch, init_loops[-1], init_loops[-2] if reg_i is not None else None, lanes)
+    return [block, writeback, init]
+
+
+def _vectorize_tile(sch: Schedule, vec_loop, reg_loop, lanes: int) -> None:
+    """Vectorise a tile's contiguous loop one register (``lanes``) at a time, unrolling the rest.
+    (Vectors wider than a register break TVM's scalable-vector lowering for RVV.)"""
+    if reg_loop is not None:
+        sch.unroll(reg_loop)
+    extent = _extent(sch, vec_loop)
+    if extent > lanes and extent % lanes == 0:
+        outer, vec_loop = sch.split(vec_loop, [None, lanes])
+        sch.unroll(outer)
+    sch.vectorize(vec_loop)
+
+
+def _vector_block(sch: Schedule, block, extent: int, lanes: int) -> int:
+    """Contiguous outputs per tile: the packed weight's block for conv2d, else from the extent."""
+    node = sch.get(block)
+    kernel = node.annotations.get("edgecc.kernel")
+    packed_rank = {"conv2d_nhwc": 5, "matmul_packed": 3}.get(kernel)
+    if packed_rank is not None:  # the tile is the packed weight's block
+        weight = next(r.source for r in node.reads if len(r.source.shape) == packed_rank)
+        return int(weight.shape[-1])
+    return output_block(extent, lanes)
+
+
+def schedule_other_blocks(sch: Schedule, lanes: int, done: list, partial_tiles: bool = True) -> None:
+    """Every block not yet scheduled: parallel + vectorised when it is plain enough."""
+    done_names = {sch.get(b).name_hint for b in done}
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).name_hint in done_names:
+            continue
+        if _is_reduction(sch, block):
+            if not tiled_reduction(sch, block, lanes, partial_tiles):
+                row_reduction(sch, block, lanes)
+        else:
+            injective(sch, block, lanes, partial_tiles)
+
+
+def main_reduction(sch: Schedule):
+    """The block a kernel is named after: the annotated kernel, else the largest reduction."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    for block in blocks:
+        if sch.get(block).annotations.get("edgecc.kernel") is not None:
+            return block
+    reductions = [b for b in blocks if _is_reduction(sch, b)]
+    if not reductions:
+        return None
+
+    def work(block):
+        size = 1
+        for iv in sch.get(block).iter_vars:
+            size *= int(iv.dom.extent) if hasattr(iv.dom.extent, "value") else 1
+        return size
+
+    return max(reductions, key=work)
