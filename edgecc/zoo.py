@@ -118,6 +118,25 @@ def light_model(name: str, seed: int = 0) -> onnx.ModelProto:
     return materialize_weights(onnx.load(str(path)), seed)
 
 
+def logits_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its final Softmax removed, so it outputs logits.
+
+    With random weights a classifier's logits spread wide and its softmax is close to
+    one-hot (resnet50's top probability is 1.0), which would hide wrong numbers; tests
+    compare the logits instead."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    output = graph.output[0].name
+    last = next((n for n in graph.node if output in n.output), None)
+    if last is None or last.op_type != "Softmax":
+        return model
+    graph.node.remove(last)
+    graph.output[0].name = last.input[0]
+    del graph.output[0].type.tensor_type.shape.dim[:]
+    graph.output[0].type.tensor_type.ClearField("shape")
+    return model
+
+
 def sample_inputs(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded random inputs matching the model's (static) input shapes and dtypes."""
     rng = np.random.default_rng(seed)

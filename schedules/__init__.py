@@ -17,7 +17,7 @@ from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
 from . import cpu
-from .compute import conv2d_legalizer, matmul_legalizer
+from .compute import conv2d_legalizer, fast_math_legalizers, matmul_legalizer
 
 RULE_ATTR = "edgecc.schedule"
 
@@ -32,7 +32,10 @@ def legalize_map(preset) -> dict:
     if preset.device != "cpu":
         return {}
     lanes = fp32_lanes(preset)
-    return {"relax.nn.conv2d": conv2d_legalizer(lanes), "relax.matmul": matmul_legalizer(lanes)}
+    legalizers = {"relax.nn.conv2d": conv2d_legalizer(lanes), "relax.matmul": matmul_legalizer(lanes)}
+    if preset.arch != "riscv64":  # TVM's RVV lowering rejects fast_exp's vector bit casts
+        legalizers.update(fast_math_legalizers())
+    return legalizers
 
 
 def schedule_cpu_func(func: tirx.PrimFunc, lanes: int, partial_tiles: bool = True) -> tuple[tirx.PrimFunc, str]:

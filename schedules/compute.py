@@ -10,7 +10,8 @@ at compile time:
   input channel, in the order the reduction walks it.
 - ``depthwise_conv2d_nhwc``: weight ``[KH, KW, C]``, channels contiguous.
 
-The schedule rules find these kernels by the ``edgecc.kernel`` block annotation.
+The schedule rules find these kernels by the ``edgecc.kernel`` block annotation, and the
+packed block (the register tile's width) in ``edgecc.block``.
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ import tvm
 from tvm import relax, te, topi
 
 from edgecc.passes._util import const_array
-
-
-DENSE_GROUPS_MAX = 4  # grouped convs with narrow groups run dense (block-diagonal) up to this
 
 
 def output_block(channels: int, lanes: int) -> int:
@@ -45,24 +43,58 @@ def _padded(data, padding):
 
 
 def conv2d_nhwc_packed(data, weight, strides, padding, dilation, groups, out_channels):
-    """``out[n, h, w, oc] = sum(pad[n, h*s + kh*d, w*s + kw*d, ic] * weight[oc // ob, kh, kw, rc, oc % ob])``."""
-    n, height, width, _ = (int(x) for x in data.shape)
-    _, kh, kw, group_in, ob = (int(x) for x in weight.shape)
+    """``out[n, h, w, oc] = sum(pad[n, h*s + kh*d, w*s + kw*d, ic0(oc) + rc] * weight[oc // ob, kh, kw, rc, oc % ob])``
+
+    ``weight`` is :func:`pack_conv_weight`'s: ``rc`` runs over the input channels of
+    every group a tile of ``ob`` output channels touches, starting at ``ic0``."""
+    n, height, width, in_channels = (int(x) for x in data.shape)
+    _, kh, kw, span, ob = (int(x) for x in weight.shape)
     (sh, sw), (dh, dw) = strides, dilation
     out_h = (height + padding[0] + padding[2] - (kh - 1) * dh - 1) // sh + 1
     out_w = (width + padding[1] + padding[3] - (kw - 1) * dw - 1) // sw + 1
-    group_out = out_channels // groups
+    group_out, group_in = out_channels // groups, in_channels // groups
     pad = _padded(data, padding)
     rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
-    rc = te.reduce_axis((0, group_in), "rc")
+    rc = te.reduce_axis((0, span), "rc")
 
     def body(b, h, w, oc):
-        ic = rc if groups == 1 else (oc // group_out) * group_in + rc
+        if groups == 1:
+            ic = rc
+        else:
+            ic = te.min((oc // ob * ob // group_out) * group_in, in_channels - span) + rc
         return te.sum(pad[b, h * sh + rh * dh, w * sw + rw * dw, ic] * weight[oc // ob, rh, rw, rc, oc % ob],
                       axis=[rh, rw, rc])
 
     return te.compute((n, out_h, out_w, out_channels), body, name="conv2d_nhwc",
-                      attrs={"edgecc.kernel": "conv2d_nhwc"})
+                      attrs={"edgecc.kernel": "conv2d_nhwc", "edgecc.block": ob})
+
+
+def pack_conv_weight(weight: np.ndarray, groups: int, lanes: int) -> np.ndarray:
+    """OIHW (grouped) weight -> ``[OC/ob, KH, KW, span, ob]`` for :func:`conv2d_nhwc_packed`.
+
+    A tile of ``ob`` output channels (whole vectors) may straddle groups when a group's
+    width is not a multiple of ``ob``; its rows then cover the input channels of every
+    group it touches (``span``), zero where an output channel does not read them. That
+    trades at most a few times the multiply-adds for full vector width, and is exact."""
+    out_channels, group_in, kh, kw = weight.shape
+    group_out, in_channels = out_channels // groups, group_in * groups
+    ob = output_block(group_out, lanes)
+    if ob < lanes:  # narrow groups: straddle them rather than use partial vectors
+        ob = output_block(out_channels, lanes)
+    tiles = out_channels // ob
+    if group_out % ob == 0:  # every tile inside one group (always, for groups == 1)
+        return np.ascontiguousarray(weight.reshape(tiles, ob, group_in, kh, kw).transpose(0, 3, 4, 2, 1))
+    first = [(t * ob) // group_out for t in range(tiles)]
+    last = [(t * ob + ob - 1) // group_out for t in range(tiles)]
+    span = group_in * max(l - f + 1 for f, l in zip(first, last))
+    packed = np.zeros((tiles, kh, kw, span, ob), np.float32)
+    for t in range(tiles):
+        ic0 = min(first[t] * group_in, in_channels - span)
+        for lane in range(ob):
+            oc = t * ob + lane
+            start = (oc // group_out) * group_in - ic0  # this output channel's group, within the tile rows
+            packed[t, :, :, start:start + group_in, lane] = weight[oc].transpose(1, 2, 0)
+    return packed
 
 
 def depthwise_conv2d_nhwc(data, weight, strides, padding, dilation):
@@ -92,7 +124,7 @@ def matmul_packed(data, weight, out_features):
         return te.sum(data[(*lead, rk)] * weight[n // nb, rk, n % nb], axis=rk)
 
     return te.compute((*batch, out_features), body, name="matmul_packed",
-                      attrs={"edgecc.kernel": "matmul_packed"})
+                      attrs={"edgecc.kernel": "matmul_packed", "edgecc.block": nb})
 
 
 def matmul_legalizer(lanes: int):
@@ -139,18 +171,28 @@ def conv2d_legalizer(lanes: int):
             packed = np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0))
             return bb.call_te(depthwise_conv2d_nhwc, call.args[0], relax.const(packed), strides, padding,
                               dilation, primfunc_name_hint="depthwise_conv2d")
-        if groups > 1 and (out_channels // groups) % lanes and groups <= DENSE_GROUPS_MAX:
-            # Groups too narrow for whole vectors: one block-diagonal dense conv does `groups`
-            # times the multiply-adds but at full vector width, which wins up to a few groups.
-            dense = np.zeros((out_channels, group_in * groups, kh, kw), np.float32)
-            group_out = out_channels // groups
-            for g in range(groups):
-                dense[g * group_out:(g + 1) * group_out, g * group_in:(g + 1) * group_in] = \
-                    weight[g * group_out:(g + 1) * group_out]
-            weight, group_in, groups = dense, group_in * groups, 1
-        ob = output_block(out_channels // groups, lanes)
-        packed = weight.reshape(out_channels // ob, ob, group_in, kh, kw).transpose(0, 3, 4, 2, 1)
-        return bb.call_te(conv2d_nhwc_packed, call.args[0], relax.const(np.ascontiguousarray(packed)), strides,
-                          padding, dilation, groups, out_channels, primfunc_name_hint="conv2d")
+        packed = pack_conv_weight(weight, groups, lanes)
+        return bb.call_te(conv2d_nhwc_packed, call.args[0], relax.const(packed), strides, padding, dilation,
+                          groups, out_channels, primfunc_name_hint="conv2d")
 
     return legalize
+
+
+def fast_math_legalizers() -> dict:
+    """float32 ``exp``/``erf``/``tanh``/``softmax`` as TVM's vectorisable polynomial forms
+    (``topi.fast_*``, within a few ulp of libm) instead of one scalar libm call per element."""
+    def make(op_name, fast, with_axis=False):
+        default = tvm.ir.Op.get(op_name).get_attr("FLegalize")
+
+        def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+            if call.args[0].ty.dtype != "float32":
+                return default(bb, call)
+            if with_axis:
+                return bb.call_te(fast, call.args[0], int(call.attrs.axis))
+            return bb.call_te(fast, call.args[0])
+
+        return legalize
+
+    return {"relax.exp": make("relax.exp", topi.fast_exp), "relax.erf": make("relax.erf", topi.fast_erf),
+            "relax.tanh": make("relax.tanh", topi.fast_tanh),
+            "relax.nn.softmax": make("relax.nn.softmax", topi.nn.fast_softmax, with_axis=True)}

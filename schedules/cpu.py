@@ -15,6 +15,8 @@ registers. Loops outside the tile are fused and run in parallel.
 
 from __future__ import annotations
 
+import re
+
 from tvm import tirx
 from tvm.s_tir import Schedule
 
@@ -48,6 +50,22 @@ def _contiguous_axis(sch: Schedule, block) -> int | None:
         if iv.iter_type == DATA_PAR and last.min.same_as(iv.var) and int(last.extent) == 1:
             return index
     return None
+
+
+def _contiguous_in_some_input(sch: Schedule, block, axis: int) -> bool:
+    """Whether iter var ``axis`` indexes the last dim of at least one buffer the block reads
+    (alone or packed, as in ``oc % 32``)."""
+    var = sch.get(block).iter_vars[axis].var
+    return any(any(v.same_as(var) for v in tirx.analysis.undefined_vars(r.region[-1].min, []))
+               for r in sch.get(block).reads)
+
+
+# Constructs TVM's RVV (scalable vector) lowering cannot vectorise in TVM 0.27.
+_RVV_UNSAFE = re.compile(r"if_then_else|T\.(exp|erf|tanh|log|pow|reinterpret)\b")
+
+
+def _rvv_safe(sch: Schedule, block) -> bool:
+    return _RVV_UNSAFE.search(str(sch.get(block).body)) is None
 
 
 def _perfect_loops(sch: Schedule, block) -> list | None:
@@ -117,7 +135,7 @@ def injective(sch: Schedule, block, lanes: int, partial_tiles: bool = True) -> N
     if len(loops) > 1:
         outer = sch.fuse(*loops[:-1])
         loops = [outer, loops[-1]]
-    if partial_tiles or "if_then_else" not in str(sch.get(block).body):
+    if partial_tiles or _rvv_safe(sch, block):
         _vectorize_inner(sch, loops, lanes)
     if total >= PARALLEL_MIN_ELEMENTS and len(loops) > 1:
         sch.parallel(loops[0])
@@ -149,6 +167,8 @@ def tiled_reduction(sch: Schedule, block, lanes: int, partial_tiles: bool = True
     reduce = [i for i, kind in enumerate(kinds) if kind == REDUCE]
     if spatial[-1] != vec_axis or spatial + reduce != list(range(len(kinds))):
         return []
+    if not _contiguous_in_some_input(sch, block, vec_axis) or not (partial_tiles or _rvv_safe(sch, block)):
+        return []  # e.g. softmax's row max: the lanes would gather across rows
     vec_extent = _extent(sch, loops[vec_axis])
     vb = _vector_block(sch, block, vec_extent, lanes)
     vectors = max(1, -(-vb // lanes))
@@ -208,11 +228,9 @@ def _vectorize_tile(sch: Schedule, vec_loop, reg_loop, lanes: int) -> None:
 def _vector_block(sch: Schedule, block, extent: int, lanes: int) -> int:
     """Contiguous outputs per tile: the packed weight's block for conv2d, else from the extent."""
     node = sch.get(block)
-    kernel = node.annotations.get("edgecc.kernel")
-    packed_rank = {"conv2d_nhwc": 5, "matmul_packed": 3}.get(kernel)
-    if packed_rank is not None:  # the tile is the packed weight's block
-        weight = next(r.source for r in node.reads if len(r.source.shape) == packed_rank)
-        return int(weight.shape[-1])
+    block = node.annotations.get("edgecc.block")
+    if block is not None:  # a packed weight fixes the tile width
+        return int(block)
     return output_block(extent, lanes)
 
 

@@ -62,7 +62,8 @@ def tiny_path(tmp_path):
 
 
 class BundleCache:
-    """Compile each (light model, target) once per test session and keep the saved bundle."""
+    """Compile each (light model, target) once per test session and keep the saved bundle.
+    The models end at their logits (final Softmax removed)."""
 
     def __init__(self, root):
         self.root = root
@@ -73,7 +74,7 @@ class BundleCache:
         from edgecc import zoo
 
         if name not in self._models:
-            model = zoo.light_model(name, seed=0)
+            model = zoo.logits_model(zoo.light_model(name, seed=0))  # softmax would hide errors
             self._models[name] = (model, zoo.sample_inputs(model, seed=0))
         return self._models[name]
 
