@@ -69,6 +69,29 @@ def conv2d_nhwc_packed(data, weight, strides, padding, dilation, groups, out_cha
                       attrs={"edgecc.kernel": "conv2d_nhwc", "edgecc.block": ob})
 
 
+def grouped_conv2d_nhwc_padded(data, weight, strides, padding, dilation, out_channels):
+    """Grouped conv whose group width is not a multiple of the vector: each group's output
+    channels are padded up to whole vectors (zero weights) and computed per group, then the
+    padding is sliced away: ``weight[g, c // ob, kh, kw, rc, c % ob]``."""
+    n, height, width, in_channels = (int(x) for x in data.shape)
+    groups, _, kh, kw, group_in, ob = (int(x) for x in weight.shape)
+    padded = int(weight.shape[1]) * ob
+    group_out = out_channels // groups
+    (sh, sw), (dh, dw) = strides, dilation
+    out_h = (height + padding[0] + padding[2] - (kh - 1) * dh - 1) // sh + 1
+    out_w = (width + padding[1] + padding[3] - (kw - 1) * dw - 1) // sw + 1
+    pad = _padded(data, padding)
+    rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
+    rc = te.reduce_axis((0, group_in), "rc")
+    conv = te.compute(
+        (n, out_h, groups, out_w, padded),
+        lambda b, h, g, w, c: te.sum(pad[b, h * sh + rh * dh, w * sw + rw * dw, g * group_in + rc]
+                                     * weight[g, c // ob, rh, rw, rc, c % ob], axis=[rh, rw, rc]),
+        name="grouped_conv2d_nhwc", attrs={"edgecc.kernel": "grouped_conv2d_nhwc", "edgecc.block": ob})
+    return te.compute((n, out_h, out_w, out_channels),
+                      lambda b, h, w, oc: conv[b, h, oc // group_out, w, oc % group_out], name="unpad_groups")
+
+
 def pack_conv_weight(weight: np.ndarray, groups: int, lanes: int) -> np.ndarray:
     """OIHW (grouped) weight -> ``[OC/ob, KH, KW, span, ob]`` for :func:`conv2d_nhwc_packed`.
 
@@ -171,6 +194,16 @@ def conv2d_legalizer(lanes: int):
             packed = np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0))
             return bb.call_te(depthwise_conv2d_nhwc, call.args[0], relax.const(packed), strides, padding,
                               dilation, primfunc_name_hint="depthwise_conv2d")
+        group_out = out_channels // groups
+        if groups > 1 and group_out % lanes and group_out > lanes:
+            padded = -(-group_out // lanes) * lanes
+            ob = output_block(padded, lanes)
+            packed = np.zeros((groups, padded // ob, kh, kw, group_in, ob), np.float32)
+            grouped = weight.reshape(groups, group_out, group_in, kh, kw).transpose(0, 3, 4, 2, 1)
+            for c in range(group_out):
+                packed[:, c // ob, :, :, :, c % ob] = grouped[..., c]
+            return bb.call_te(grouped_conv2d_nhwc_padded, call.args[0], relax.const(packed), strides, padding,
+                              dilation, out_channels, primfunc_name_hint="grouped_conv2d")
         packed = pack_conv_weight(weight, groups, lanes)
         return bb.call_te(conv2d_nhwc_packed, call.args[0], relax.const(packed), strides, padding, dilation,
                           groups, out_channels, primfunc_name_hint="conv2d")

@@ -68,6 +68,14 @@ def _rvv_safe(sch: Schedule, block) -> bool:
     return _RVV_UNSAFE.search(str(sch.get(block).body)) is None
 
 
+def _elements(sch: Schedule, block) -> int:
+    """Number of elements of the (first) buffer a block writes."""
+    size = 1
+    for dim in sch.get(block).writes[0].source.shape:
+        size *= int(dim)
+    return size
+
+
 def _perfect_loops(sch: Schedule, block) -> list | None:
     """The block's loops, if there is one loop per iter var in order (a fresh TE nest)."""
     loops = sch.get_loops(block)
@@ -190,7 +198,9 @@ def tiled_reduction(sch: Schedule, block, lanes: int, partial_tiles: bool = True
     inline_spatial_blocks(sch, keep=sch.get_producers(block))
     writeback = sch.cache_write(block, 0, "local")
     consumers = sch.get_consumers(writeback)
-    if len(consumers) == 1:
+    # Only an elementwise epilogue, same size as the tile's buffer: TVM also "inlines" a slice
+    # (grouped_conv2d's unpadding) and then writes the padding out of bounds.
+    if len(consumers) == 1 and _elements(sch, writeback) == _elements(sch, consumers[0]):
         try:
             sch.reverse_compute_inline(consumers[0])
         except Exception:  # noqa: BLE001 -- not elementwise: it stays a separate loop nest
