@@ -42,11 +42,13 @@ def _padded(data, padding):
     return topi.nn.pad(data, [0, top, left, 0], [0, bottom, right, 0], name="pad")
 
 
-def conv2d_nhwc_packed(data, weight, strides, padding, dilation, groups, out_channels):
+def conv2d_nhwc_packed(data, weight, strides, padding, dilation, groups, out_channels, keep_channels=None):
     """``out[n, h, w, oc] = sum(pad[n, h*s + kh*d, w*s + kw*d, ic0(oc) + rc] * weight[oc // ob, kh, kw, rc, oc % ob])``
 
     ``weight`` is :func:`pack_conv_weight`'s: ``rc`` runs over the input channels of
-    every group a tile of ``ob`` output channels touches, starting at ``ic0``."""
+    every group a tile of ``ob`` output channels touches, starting at ``ic0``. With
+    ``keep_channels``, the output channels were padded to whole vectors (zero weights)
+    and only the first ``keep_channels`` are returned."""
     n, height, width, in_channels = (int(x) for x in data.shape)
     _, kh, kw, span, ob = (int(x) for x in weight.shape)
     (sh, sw), (dh, dw) = strides, dilation
@@ -65,8 +67,11 @@ def conv2d_nhwc_packed(data, weight, strides, padding, dilation, groups, out_cha
         return te.sum(pad[b, h * sh + rh * dh, w * sw + rw * dw, ic] * weight[oc // ob, rh, rw, rc, oc % ob],
                       axis=[rh, rw, rc])
 
-    return te.compute((n, out_h, out_w, out_channels), body, name="conv2d_nhwc",
+    conv = te.compute((n, out_h, out_w, out_channels), body, name="conv2d_nhwc",
                       attrs={"edgecc.kernel": "conv2d_nhwc", "edgecc.block": ob})
+    if keep_channels is None or keep_channels == out_channels:
+        return conv
+    return te.compute((n, out_h, out_w, keep_channels), lambda *i: conv[i], name="unpad_channels")
 
 
 def grouped_conv2d_nhwc_padded(data, weight, strides, padding, dilation, out_channels):
@@ -204,9 +209,17 @@ def conv2d_legalizer(lanes: int):
                 packed[:, c // ob, :, :, :, c % ob] = grouped[..., c]
             return bb.call_te(grouped_conv2d_nhwc_padded, call.args[0], relax.const(packed), strides, padding,
                               dilation, out_channels, primfunc_name_hint="grouped_conv2d")
+        keep = out_channels
+        if groups == 1 and out_channels % lanes and out_channels > lanes:
+            # e.g. 1000 classes: 32 tiles of two whole vectors (24 padded channels) beat 125
+            # half vectors; pad to one vector instead where two would waste over 5%.
+            out_channels = -(-out_channels // (2 * lanes)) * 2 * lanes
+            if out_channels - keep > 0.05 * keep:
+                out_channels = -(-keep // lanes) * lanes
+            weight = np.concatenate([weight, np.zeros((out_channels - keep, *weight.shape[1:]), np.float32)])
         packed = pack_conv_weight(weight, groups, lanes)
         return bb.call_te(conv2d_nhwc_packed, call.args[0], relax.const(packed), strides, padding, dilation,
-                          groups, out_channels, primfunc_name_hint="conv2d")
+                          groups, out_channels, keep, primfunc_name_hint="conv2d")
 
     return legalize
 
