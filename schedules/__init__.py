@@ -7,7 +7,10 @@ that scheduled it in its ``edgecc.schedule`` attribute; ``edgecc build
 --verbose`` lists them.
 
 CUDA targets: TVM's dlight rules (matmul, GEMV, reductions, and a fallback that
-binds threads to anything else).
+binds threads to anything else). dlight's matmul rule covers conv2d too: it
+normalises the conv's index space into a GEMM (implicit im2col) and tiles that
+with shared memory. Depthwise and grouped convs and pooling, which dlight would
+reduce across threads, get edgecc's thread-per-output rule (:mod:`.gpu`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
-from . import cpu
+from . import cpu, gpu
 from .compute import conv2d_legalizer, fast_math_legalizers, matmul_legalizer
 
 RULE_ATTR = "edgecc.schedule"
@@ -83,14 +86,50 @@ def ScheduleCPU(preset):  # noqa: N802 (TVM pass naming)
     return _pass
 
 
-def schedule_passes(preset) -> list:
-    """The schedule phase of the pipeline for a target preset (a list of TVM passes)."""
-    if preset.device != "cuda":
-        return [ScheduleCPU(preset)]
+def ScheduleGPU():  # noqa: N802 (TVM pass naming)
+    """Pass: dlight's GPU rules in order (matmul, which also takes conv2d by normalising it
+    to a GEMM; GEMV; reductions; a thread-binding fallback), recording which one applied."""
     from tvm.s_tir import dlight as dl
 
-    return [dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                                    dl.gpu.GeneralReduction(), dl.gpu.Fallback())]
+    def direct(func, _target, _tunable):
+        try:
+            return gpu.direct_reduction(func)
+        except Exception:  # noqa: BLE001 -- the kernel does not fit: dlight's rules follow
+            return None
+
+    class _Direct:
+        apply = staticmethod(direct)
+
+    rules = [("dlight.Matmul", dl.gpu.Matmul()), ("dlight.GEMV", dl.gpu.GEMV()),
+             ("edgecc.direct-reduction", _Direct()),
+             ("dlight.Reduction", dl.gpu.Reduction()), ("dlight.GeneralReduction", dl.gpu.GeneralReduction()),
+             ("dlight.Fallback", dl.gpu.Fallback())]
+
+    @tvm.transform.module_pass(opt_level=0, name="edgecc.ScheduleGPU")
+    def _pass(mod, _ctx):
+        target = tvm.target.Target.current(allow_none=False)
+        updates = {}
+        for gvar, func in mod.functions_items():
+            if not isinstance(func, tirx.PrimFunc) or RULE_ATTR in (func.attrs or {}):
+                continue
+            for name, rule in rules:
+                space = rule.apply(func, target, False)
+                if space is None:
+                    continue
+                sch = space if isinstance(space, Schedule) else space[0]
+                updates[gvar] = (sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                                 .with_attr(RULE_ATTR, name))
+                break
+        for gvar, func in updates.items():
+            mod[gvar] = func
+        return mod
+
+    return _pass
+
+
+def schedule_passes(preset) -> list:
+    """The schedule phase of the pipeline for a target preset (a list of TVM passes)."""
+    return [ScheduleGPU()] if preset.device == "cuda" else [ScheduleCPU(preset)]
 
 
 def schedule_report(mod: tvm.IRModule) -> dict[str, str]:
