@@ -11,6 +11,10 @@ output axis is contiguous in memory. It computes a register tile of
 over the contiguous axis and unrolled over the other, then writes the tile out
 through the fused epilogue (bias, residual add, activation) while it is still in
 registers. Loops outside the tile are fused and run in parallel.
+
+``partial_tiles=False`` (RISC-V) keeps to what TVM 0.27 lowers to RVV's scalable
+vectors: register tiles that divide their loop exactly, and no vectorised selects
+or transcendental calls (those loops stay scalar).
 """
 
 from __future__ import annotations

@@ -108,6 +108,8 @@ CASES = {
     "conv-grouped": lambda: conv_model(24, 48, 10, 1, group=3, bn=True),
     # groups of 34 channels: padded to whole vectors per group, then sliced (x86 and arm)
     "conv-grouped-padded": lambda: conv_model(136, 136, 9, 1, group=4, bn=True),
+    # groups of 68 channels: one tile per group, 4 + 1/4 vectors wide on AVX-512 (padded on RVV)
+    "conv-grouped-wide": lambda: conv_model(272, 272, 7, 1, group=4, bn=True),
     # groups of 12 channels on 16 lanes: tiles straddle two groups (banded weight)
     "conv-grouped-banded": lambda: conv_model(24, 24, 8, 3, pad=(1, 1, 1, 1), group=2),
     "conv-depthwise-strided": lambda: conv_model(32, 32, 15, 3, stride=2, pad=(1, 1, 1, 1), group=32, bn=True,
@@ -146,7 +148,8 @@ def test_host_matches_onnxruntime_and_every_kernel_is_scheduled(case):
 
 
 @pytest.mark.parametrize("target", ["arm", "riscv"])
-@pytest.mark.parametrize("case", ["conv-depthwise-strided", "conv-grouped-padded", "residual-concat-shuffle", "encoder",
+@pytest.mark.parametrize("case", ["conv-depthwise-strided", "conv-grouped-padded", "conv-grouped-wide",
+                                  "residual-concat-shuffle", "encoder",
                                   "gemv-transposed"])
 def test_cross_target_matches_onnxruntime(case, target):
     model = CASES[case]()
