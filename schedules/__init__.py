@@ -35,7 +35,7 @@ def legalize_map(preset) -> dict:
     if preset.device != "cpu":
         return {}
     lanes = fp32_lanes(preset)
-    legalizers = {"relax.nn.conv2d": conv2d_legalizer(lanes, whole_group_tiles=preset.arch != "riscv64"),
+    legalizers = {"relax.nn.conv2d": conv2d_legalizer(lanes),
                   "relax.matmul": matmul_legalizer(lanes)}
     if preset.arch != "riscv64":  # TVM's RVV lowering rejects fast_exp's vector bit casts
         legalizers.update(fast_math_legalizers())

@@ -97,7 +97,7 @@ def grouped_conv2d_nhwc_padded(data, weight, strides, padding, dilation, out_cha
                       lambda b, h, w, oc: conv[b, h, oc // group_out, w, oc % group_out], name="unpad_groups")
 
 
-def pack_conv_weight(weight: np.ndarray, groups: int, lanes: int, ob: int | None = None) -> np.ndarray:
+def pack_conv_weight(weight: np.ndarray, groups: int, lanes: int) -> np.ndarray:
     """OIHW (grouped) weight -> ``[OC/ob, KH, KW, span, ob]`` for :func:`conv2d_nhwc_packed`.
 
     A tile of ``ob`` output channels (whole vectors) may straddle groups when a group's
@@ -106,10 +106,9 @@ def pack_conv_weight(weight: np.ndarray, groups: int, lanes: int, ob: int | None
     trades at most a few times the multiply-adds for full vector width, and is exact."""
     out_channels, group_in, kh, kw = weight.shape
     group_out, in_channels = out_channels // groups, group_in * groups
-    if ob is None:
-        ob = output_block(group_out, lanes)
-        if ob < lanes:  # narrow groups: straddle them rather than use partial vectors
-            ob = output_block(out_channels, lanes)
+    ob = output_block(group_out, lanes)
+    if ob < lanes:  # narrow groups: straddle them rather than use partial vectors
+        ob = output_block(out_channels, lanes)
     tiles = out_channels // ob
     if group_out % ob == 0:  # every tile inside one group (always, for groups == 1)
         return np.ascontiguousarray(weight.reshape(tiles, ob, group_in, kh, kw).transpose(0, 3, 4, 2, 1))
@@ -182,10 +181,8 @@ def _ints(values) -> list[int]:
     return [int(v) for v in values]
 
 
-def conv2d_legalizer(lanes: int, whole_group_tiles: bool = True):
-    """A ``relax.nn.conv2d`` legalization for CPUs with ``lanes`` fp32 SIMD lanes.
-    ``whole_group_tiles``: the target lowers vectors that are not a multiple of ``lanes``
-    (x86 and NEON through LLVM; not TVM's RVV path)."""
+def conv2d_legalizer(lanes: int):
+    """A ``relax.nn.conv2d`` legalization for CPUs with ``lanes`` fp32 SIMD lanes."""
     default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
 
     def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
@@ -203,12 +200,6 @@ def conv2d_legalizer(lanes: int, whole_group_tiles: bool = True):
             return bb.call_te(depthwise_conv2d_nhwc, call.args[0], relax.const(packed), strides, padding,
                               dilation, primfunc_name_hint="depthwise_conv2d")
         group_out = out_channels // groups
-        if groups > 1 and group_out % lanes and group_out > lanes and whole_group_tiles \
-                and group_out % max(lanes // 4, 1) == 0 and group_out <= 6 * lanes:
-            # A tile as wide as the group (68 channels: 4 zmm + 1 xmm) writes the output in place.
-            packed = pack_conv_weight(weight, groups, lanes, ob=group_out)
-            return bb.call_te(conv2d_nhwc_packed, call.args[0], relax.const(packed), strides, padding,
-                              dilation, groups, out_channels, primfunc_name_hint="conv2d")
         if groups > 1 and group_out % lanes and group_out > lanes:
             padded = -(-group_out // lanes) * lanes
             ob = output_block(padded, lanes)

@@ -108,7 +108,7 @@ CASES = {
     "conv-grouped": lambda: conv_model(24, 48, 10, 1, group=3, bn=True),
     # groups of 34 channels: padded to whole vectors per group, then sliced (x86 and arm)
     "conv-grouped-padded": lambda: conv_model(136, 136, 9, 1, group=4, bn=True),
-    # groups of 68 channels: one tile per group, 4 + 1/4 vectors wide on AVX-512 (padded on RVV)
+    # groups of 68 channels (shufflenet's): padded to 80 on AVX-512 and RVV, exact on NEON
     "conv-grouped-wide": lambda: conv_model(272, 272, 7, 1, group=4, bn=True),
     # groups of 12 channels on 16 lanes: tiles straddle two groups (banded weight)
     "conv-grouped-banded": lambda: conv_model(24, 24, 8, 3, pad=(1, 1, 1, 1), group=2),
