@@ -68,7 +68,10 @@ class _ChannelsLast(PyExprMutator):
         shape = static_shape(expr)
         if shape is None or len(shape) != len(perm):
             return None if shape != () else self.visit_expr(expr)
-        return self.builder_.emit(relax.op.permute_dims(self.visit_expr(expr), list(perm)))
+        stored = self.builder_.emit(relax.op.permute_dims(self.visit_expr(expr), list(perm)))
+        if isinstance(expr, relax.Var):  # every later reader shares this transposed copy
+            self.stored[expr] = (stored, perm)
+        return stored
 
     # -- per-op rewrites; each returns (expr in stored layout, perm) or None -----------
     def _conv2d(self, call):
@@ -185,6 +188,10 @@ class _ChannelsLast(PyExprMutator):
         if name == "relax.reshape":
             return self._reshape(call)
         return None
+
+    def visit_dataflow_block_(self, block):
+        self.stored = {}  # stored copies are dataflow vars: they do not outlive their block
+        return super().visit_dataflow_block_(block)
 
     def visit_var_binding_(self, binding):
         value = binding.value

@@ -35,6 +35,12 @@ def output_block(channels: int, lanes: int) -> int:
     return block
 
 
+def _output_size(height, width, kh, kw, strides, padding, dilation) -> tuple[int, int]:
+    (sh, sw), (dh, dw) = strides, dilation
+    return ((height + padding[0] + padding[2] - (kh - 1) * dh - 1) // sh + 1,
+            (width + padding[1] + padding[3] - (kw - 1) * dw - 1) // sw + 1)
+
+
 def _padded(data, padding):
     top, left, bottom, right = padding
     if not any(padding):
@@ -52,8 +58,7 @@ def conv2d_nhwc_packed(data, weight, strides, padding, dilation, groups, out_cha
     n, height, width, in_channels = (int(x) for x in data.shape)
     _, kh, kw, span, ob = (int(x) for x in weight.shape)
     (sh, sw), (dh, dw) = strides, dilation
-    out_h = (height + padding[0] + padding[2] - (kh - 1) * dh - 1) // sh + 1
-    out_w = (width + padding[1] + padding[3] - (kw - 1) * dw - 1) // sw + 1
+    out_h, out_w = _output_size(height, width, kh, kw, strides, padding, dilation)
     group_out, group_in = out_channels // groups, in_channels // groups
     pad = _padded(data, padding)
     rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
@@ -83,8 +88,7 @@ def grouped_conv2d_nhwc_padded(data, weight, strides, padding, dilation, out_cha
     padded = int(weight.shape[1]) * ob
     group_out = out_channels // groups
     (sh, sw), (dh, dw) = strides, dilation
-    out_h = (height + padding[0] + padding[2] - (kh - 1) * dh - 1) // sh + 1
-    out_w = (width + padding[1] + padding[3] - (kw - 1) * dw - 1) // sw + 1
+    out_h, out_w = _output_size(height, width, kh, kw, strides, padding, dilation)
     pad = _padded(data, padding)
     rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
     rc = te.reduce_axis((0, group_in), "rc")
@@ -130,8 +134,7 @@ def depthwise_conv2d_nhwc(data, weight, strides, padding, dilation):
     n, height, width, channels = (int(x) for x in data.shape)
     kh, kw, _ = (int(x) for x in weight.shape)
     (sh, sw), (dh, dw) = strides, dilation
-    out_h = (height + padding[0] + padding[2] - (kh - 1) * dh - 1) // sh + 1
-    out_w = (width + padding[1] + padding[3] - (kw - 1) * dw - 1) // sw + 1
+    out_h, out_w = _output_size(height, width, kh, kw, strides, padding, dilation)
     pad = _padded(data, padding)
     rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
     return te.compute(
