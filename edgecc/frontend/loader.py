@@ -179,8 +179,8 @@ def bind_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]
     bound = []
     for spec in inputs:
         shape = tuple(int(d) for d in input_shapes[spec.name]) if spec.name in input_shapes else spec.shape
-        if spec.name in input_shapes and any(d <= 0 for d in shape):
-            raise UserInputError(f"--input-shape {spec.name}: dims must be positive, got {list(shape)}")
+        if spec.name in input_shapes and any(d < 0 for d in shape):
+            raise UserInputError(f"--input-shape {spec.name}: dims must be 0 or more, got {list(shape)}")
         symbolic = [d for d in shape if not isinstance(d, int)]
         if symbolic:
             example = ",".join(str(d) if isinstance(d, int) else "1" for d in shape)
