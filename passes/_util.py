@@ -64,3 +64,13 @@ def function_pass(rewrite, name: str):
         return mod
 
     return _pass
+
+
+def rebind(mutator, binding, value) -> None:
+    """Emit ``value`` in place of ``binding`` (as an output var when the original was one)
+    and point every later use of the binding's var at it."""
+    if isinstance(binding.var, relax.DataflowVar):
+        new = mutator.builder_.emit(value)
+    else:
+        new = mutator.builder_.emit_output(value)
+    mutator.set_var_remap(binding.var, new)

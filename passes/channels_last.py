@@ -19,7 +19,7 @@ import numpy as np
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ._util import const_array, function_pass, op_name, static_shape
+from ._util import const_array, function_pass, op_name, rebind, static_shape
 
 NHWC = (0, 2, 3, 1)
 UNARY = {"relax.nn.relu", "relax.sigmoid", "relax.tanh", "relax.clip", "relax.exp", "relax.sqrt",
@@ -206,12 +206,7 @@ class _ChannelsLast(PyExprMutator):
         expr, perm = converted
         new = expr if isinstance(expr, relax.Var) else self.builder_.emit(expr)
         self.stored[binding.var] = (new, perm)
-        back = relax.op.permute_dims(new, list(_inverse(perm)))
-        if isinstance(binding.var, relax.DataflowVar):
-            original = self.builder_.emit(back)
-        else:
-            original = self.builder_.emit_output(back)
-        self.set_var_remap(binding.var, original)
+        rebind(self, binding, relax.op.permute_dims(new, list(_inverse(perm))))
 
 
 def _rewrite(mod, func):

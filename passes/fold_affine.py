@@ -13,7 +13,7 @@ import numpy as np
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ._util import const_array, function_pass, op_name, static_shape, use_counts
+from ._util import const_array, function_pass, op_name, rebind, static_shape, use_counts
 
 _AFFINE = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide")
 
@@ -109,11 +109,7 @@ class _Folder(PyExprMutator):
         if np.any(shift != 0):
             value = relax.op.add(self.builder_.emit(value),
                                  relax.const(shift.astype(np.float32).reshape(1, -1, 1, 1)))
-        if isinstance(binding.var, relax.DataflowVar):
-            new = self.builder_.emit(value)
-        else:
-            new = self.builder_.emit_output(value)
-        self.set_var_remap(binding.var, new)
+        rebind(self, binding, value)
 
 
 def _rewrite(mod, func):
