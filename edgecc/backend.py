@@ -16,6 +16,7 @@ from onnx.backend.base import Backend, BackendRep
 from edgecc.errors import UserInputError
 from edgecc.frontend import check_supported, import_onnx
 from edgecc.frontend.loader import graph_inputs
+from edgecc.frontend.simplify import shape_inputs
 
 
 def _to_numpy(value) -> list[np.ndarray]:
@@ -36,10 +37,14 @@ class EdgeccRep(BackendRep):
         self.model = model
         self.target = target
         self.input_names = [spec.name for spec in graph_inputs(model)]
+        # Inputs that decide shapes (a Reshape target, Range bounds, a trip count):
+        # compiled in as constants, one executable per distinct value.
+        self.specialized = set(shape_inputs(model))
         self._compiled: dict = {}
 
-    def _vm(self, shapes: tuple):
-        if shapes not in self._compiled:
+    def _vm(self, shapes: tuple, values: dict):
+        key = (shapes, tuple((k, v.dtype.str, v.tobytes()) for k, v in sorted(values.items())))
+        if key not in self._compiled:
             import tvm
             from tvm import relax
 
@@ -47,10 +52,10 @@ class EdgeccRep(BackendRep):
             from edgecc.targets import get_target
 
             preset = get_target(self.target)
-            mod, _, _ = import_onnx(self.model, dict(zip(self.input_names, map(list, shapes))))
+            mod, _, _ = import_onnx(self.model, dict(zip(self.input_names, map(list, shapes))), values)
             executable = build_executable(mod, preset)[0]
-            self._compiled[shapes] = relax.VirtualMachine(executable, tvm.cpu())
-        return self._compiled[shapes]
+            self._compiled[key] = relax.VirtualMachine(executable, tvm.cpu())
+        return self._compiled[key]
 
     def run(self, inputs, **kwargs):
         import tvm
@@ -62,8 +67,10 @@ class EdgeccRep(BackendRep):
         if len(inputs) != len(self.input_names):
             raise UserInputError(f"the model takes {len(self.input_names)} inputs, got {len(inputs)}")
         arrays = [np.asarray(x) for x in inputs]
-        vm = self._vm(tuple(tuple(a.shape) for a in arrays))
-        result = vm["main"](*[tvm.runtime.tensor(a) for a in arrays])
+        values = {n: a for n, a in zip(self.input_names, arrays) if n in self.specialized}
+        vm = self._vm(tuple(tuple(a.shape) for a in arrays), values)
+        runtime = [a for n, a in zip(self.input_names, arrays) if n not in self.specialized]
+        result = vm["main"](*[tvm.runtime.tensor(a) for a in runtime])
         return tuple(_to_numpy(result))
 
 

@@ -8,6 +8,9 @@ alone, so the domain is checked by :func:`supported_ops` before importing.
 
 from __future__ import annotations
 
+import functools
+
+import onnx
 from tvm.relax.frontend.onnx import onnx_frontend
 
 # (domain, op_type) -> converter class. Later issues add entries here.
@@ -34,11 +37,25 @@ def _normal_domain(domain: str) -> str:
     return "" if domain in ("", "ai.onnx") else domain
 
 
-def supported_ops() -> set[tuple[str, str]]:
-    """Every (domain, op_type) the frontend imports. Control flow (``If``) is TVM's own."""
+def converter_ops() -> set[tuple[str, str]]:
+    """The (domain, op_type) pairs with a converter (TVM's or edgecc's). ``If`` is TVM's own."""
     ops = {(d, op) for d in TVM_DOMAINS for op in _tvm_convert_map()}
     ops |= {("", "If"), ("", "Constant")}
     return ops | set(CONVERTERS)
+
+
+def supported_ops() -> set[tuple[str, str]]:
+    """Every (domain, op_type) the frontend imports: converters, ONNX functions (expanded
+    into their body), and ``Scan``/``Loop`` (unrolled when their trip count is known)."""
+    return converter_ops() | _function_ops() | {("", "Scan"), ("", "Loop")}
+
+
+@functools.cache
+def _function_ops() -> frozenset[tuple[str, str]]:
+    from .simplify import has_function
+
+    return frozenset(("", schema.name) for schema in onnx.defs.get_all_schemas()
+                     if schema.domain in ("", "ai.onnx") and has_function(schema.name))
 
 
 def _edgecc_convert_map():

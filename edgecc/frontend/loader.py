@@ -16,7 +16,8 @@ from onnx import external_data_helper, helper
 
 from edgecc.errors import UnsupportedOpError, UserInputError
 
-from .converters import supported_ops
+from .converters import converter_ops, supported_ops
+from .simplify import simplify
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,8 +236,13 @@ def rename_inputs_to_identifiers(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None):
-    """Check and import a model into a Relax ``IRModule`` with its weights bound as constants.
+def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None,
+                input_values: dict[str, np.ndarray] | None = None):
+    """Check, simplify and import a model into a Relax ``IRModule`` with its weights bound as constants.
+
+    The ONNX graph is first simplified for the bound shapes (:mod:`edgecc.frontend.simplify`):
+    shape computations and constant subgraphs are folded, ops ONNX defines as functions
+    are expanded, ``Scan`` and ``Loop`` with known trip counts are unrolled.
 
     Parameters
     ----------
@@ -244,6 +250,9 @@ def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | Non
         A model from :func:`load_onnx` (or built in memory).
     input_shapes : dict, optional
         ``{input name: [dims]}`` binding symbolic or overriding static input dims.
+    input_values : dict, optional
+        ``{input name: array}``: inputs compiled in as constants (a shape, axes, a trip
+        count); they are no longer inputs of the compiled model.
 
     Returns
     -------
@@ -253,7 +262,12 @@ def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | Non
     from tvm.relax.frontend.onnx import from_onnx
 
     check_supported(model)
+    input_values = dict(input_values or {})
+    input_shapes = {**(input_shapes or {}), **{k: list(np.shape(v)) for k, v in input_values.items()}}
     inputs = bind_input_shapes(model, input_shapes)
+    model = simplify(model, {spec.name: spec.shape for spec in inputs}, input_values, converter_ops())
+    inputs = [spec for spec in inputs if spec.name not in input_values]
+    _check_converted(model)
     model = rename_inputs_to_identifiers(model)
     if model.ir_version < 4:
         # IR 3 wants every initializer listed as a graph input; TVM's checker
@@ -271,6 +285,17 @@ def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | Non
             raise UserInputError(f"cannot import the model: {type(err).__name__}: {_first_line(err)}") from err
     outputs = _type_specs(mod["main"].ret_ty, [o.name for o in model.graph.output])
     return mod, inputs, outputs
+
+
+def _check_converted(model: onnx.ModelProto) -> None:
+    """After simplifying, every op left needs a converter (a Loop not unrolled has none)."""
+    known = converter_ops()
+    left = sorted({f"{n.op_type} (node '{n.name or n.op_type}')" for n in _all_nodes(model.graph)
+                   if (_domain(n.domain), n.op_type) not in known})
+    if left:
+        raise UnsupportedOpError(
+            "unsupported ONNX ops: " + "; ".join(left) +
+            " (Scan/Loop are unrolled only with a constant trip count and static shapes)")
 
 
 def _first_line(err: Exception) -> str:

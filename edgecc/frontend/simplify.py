@@ -1,0 +1,574 @@
+"""Simplify an ONNX graph before import, now that every input shape is known.
+
+edgecc compiles for static input shapes, so much of what a model computes at
+run time is known at compile time: the results of ``Shape`` and ``Size``, every
+node whose inputs are all constants, the branch an ``If`` with a constant
+condition takes. :func:`simplify` folds all of that into initializers, so the
+importer sees constant axes, pads, sizes and shapes where exporters (and the
+ONNX function expansions) compute them at run time. It also expands ops that
+ONNX defines as functions of other ops (``NegativeLogLikelihoodLoss``,
+``RotaryEmbedding``, ``Swish``...) into those ops, for the ones the converter
+registry has no converter for, and unrolls ``Scan`` and ``Loop`` with a known
+trip count.
+
+Constant nodes are evaluated with ONNX's own reference implementation
+(``onnx.reference``), the definition every backend is checked against. The
+rounds repeat until nothing changes, since each fold lets shape inference see
+further.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+# Inputs whose *value* decides an output shape (or that TVM's converters need
+# as constants): a graph input reaching one of these is specialised on its value.
+SHAPE_SLOTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Slice": (1, 2, 3, 4),
+    "Pad": (1, 3), "Squeeze": (1,), "Unsqueeze": (1,), "Resize": (1, 2, 3), "Upsample": (1,),
+    "TopK": (1,), "OneHot": (1,), "Split": (1,), "CumSum": (1,), "CumProd": (1,), "Range": (0, 1, 2),
+    "NonMaxSuppression": (2, 3, 4), "Trilu": (1,), "CenterCropPad": (1,), "Col2Im": (1, 2),
+    "DFT": (1, 2), "STFT": (1, 3), "BlackmanWindow": (0,), "HammingWindow": (0,), "HannWindow": (0,),
+    "MelWeightMatrix": (0, 1, 2, 3, 4), "AffineGrid": (1,), "MaxUnpool": (2,), "If": (0,), "Loop": (0, 1),
+    "ReduceSum": (1,), "ReduceMean": (1,), "ReduceMax": (1,), "ReduceMin": (1,), "ReduceProd": (1,),
+    "ReduceL1": (1,), "ReduceL2": (1,), "ReduceLogSum": (1,), "ReduceLogSumExp": (1,),
+    "ReduceSumSquare": (1,), "RandomNormalLike": (), "Compress": (1,), "StringSplit": (),
+}
+
+# Never folded: a fresh value each run.
+NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+                    "Multinomial", "Bernoulli"}
+
+# Where TVM has a converter under the same name with other semantics (its
+# ``Attention`` is ONNX Runtime's contrib op), the ONNX function is used instead.
+PREFER_FUNCTION = {"Attention"}
+
+FOLD_LIMIT = 1 << 22  # elements: larger constant results stay computed at run time
+UNROLL_LIMIT = 256  # iterations of Scan / Loop
+
+
+def _domain(domain: str) -> str:
+    return "" if domain in ("", "ai.onnx") else domain
+
+
+def has_function(op_type: str, domain: str = "") -> bool:
+    """Whether ONNX defines ``op_type`` as a function of other ops (its newest schema)."""
+    try:
+        schema = onnx.defs.get_schema(op_type, domain=_domain(domain))
+    except onnx.defs.SchemaError:
+        return False
+    return schema.has_function or schema.has_context_dependent_function
+
+
+def _subgraphs(node: onnx.NodeProto):
+    for attr in node.attribute:
+        if attr.type == onnx.AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def _graph_refs(graph: onnx.GraphProto) -> set[str]:
+    """Names a (sub)graph reads, including those of its own nested subgraphs."""
+    names = {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        for sub in _subgraphs(node):
+            names |= _graph_refs(sub)
+    return names
+
+
+def _node_reads(node: onnx.NodeProto) -> set[str]:
+    names = set(node.input)
+    for sub in _subgraphs(node):
+        names |= _graph_refs(sub)
+    names.discard("")
+    return names
+
+
+def _rename_in_subgraph(graph: onnx.GraphProto, mapping: dict[str, str]) -> None:
+    """Rename outer-scope names a subgraph reads (names it defines itself shadow them)."""
+    local = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    local |= {o for n in graph.node for o in n.output}
+    visible = {k: v for k, v in mapping.items() if k not in local}
+    if not visible:
+        return
+    for node in graph.node:
+        node.input[:] = [visible.get(n, n) for n in node.input]
+        for sub in _subgraphs(node):
+            _rename_in_subgraph(sub, visible)
+    for out in graph.output:
+        out.name = visible.get(out.name, out.name)
+
+
+class _Namer:
+    def __init__(self, taken: set[str]):
+        self.taken = taken
+        self.counter = itertools.count()
+
+    def __call__(self, hint: str) -> str:
+        while True:
+            name = f"{hint}__s{next(self.counter)}"
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
+
+
+class Simplifier:
+    """One model's simplification state: constants, static shapes, the node list."""
+
+    def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple], input_values: dict | None,
+                 keep_ops: set[tuple[str, str]]):
+        self.model = onnx.ModelProto.FromString(model.SerializeToString())
+        self.opsets = {_domain(o.domain): o.version for o in self.model.opset_import}
+        self.keep_ops = keep_ops
+        graph = self.model.graph
+        self.consts: dict[str, onnx.TensorProto] = {t.name: t for t in graph.initializer}
+        self.arrays: dict[str, np.ndarray] = {}
+        for name, value in (input_values or {}).items():
+            self.consts[name] = numpy_helper.from_array(np.asarray(value), name)
+        del graph.input[:]
+        graph.input.extend(self._bound_inputs(model, input_shapes, input_values or {}))
+        self.nodes = list(graph.node)
+        taken = {v.name for v in graph.input} | set(self.consts)
+        taken |= {o for n in onnx_nodes_recursive(graph) for o in list(n.output) + list(n.input)}
+        self.namer = _Namer(taken)
+        self.shapes: dict[str, tuple | None] = {}
+        self.types: dict[str, onnx.TypeProto] = {}
+
+    def _bound_inputs(self, model, input_shapes, input_values):
+        weights = {t.name for t in model.graph.initializer}
+        inputs = []
+        for value in model.graph.input:
+            if value.name in input_values or value.name in weights:
+                continue
+            value = onnx.ValueInfoProto.FromString(value.SerializeToString())
+            if value.name in input_shapes and value.type.HasField("tensor_type"):
+                shape = value.type.tensor_type.shape
+                del shape.dim[:]
+                for d in input_shapes[value.name]:
+                    shape.dim.add().dim_value = int(d)
+            inputs.append(value)
+        return inputs
+
+    # -- helpers -------------------------------------------------------------------------------
+    def array(self, name: str) -> np.ndarray:
+        if name not in self.arrays:
+            self.arrays[name] = numpy_helper.to_array(self.consts[name])
+        return self.arrays[name]
+
+    def set_const(self, name: str, value) -> None:
+        value = np.asarray(value)
+        self.consts[name] = numpy_helper.from_array(value, name)
+        self.arrays[name] = value
+
+    def _infer(self) -> None:
+        graph = helper.make_graph(self.nodes, self.model.graph.name or "g", list(self.model.graph.input),
+                                  list(self.model.graph.output), initializer=list(self.consts.values()))
+        model = helper.make_model(graph, opset_imports=self.model.opset_import,
+                                  ir_version=max(self.model.ir_version, 4))
+        model.functions.extend(self.model.functions)
+        try:
+            inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True).graph
+        except Exception:  # inference fails on some graphs; folding then just sees less
+            inferred = model.graph
+        self.shapes, self.types = {}, {}
+        for value in itertools.chain(inferred.input, inferred.value_info, inferred.output):
+            self.types[value.name] = value.type
+            ttype = value.type.tensor_type
+            if value.type.HasField("tensor_type") and ttype.HasField("shape") and \
+                    all(d.HasField("dim_value") for d in ttype.shape.dim):
+                self.shapes[value.name] = tuple(d.dim_value for d in ttype.shape.dim)
+        for name, tensor in self.consts.items():
+            self.shapes[name] = tuple(tensor.dims)
+            self.types[name] = helper.make_tensor_type_proto(tensor.data_type, list(tensor.dims))
+
+    # -- rewrites ------------------------------------------------------------------------------
+    def _fold(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        """Replacement nodes for ``node`` (``[]`` when it became constants), or None."""
+        op, inputs = node.op_type, [n for n in node.input if n]
+        if _domain(node.domain) != "":
+            return None
+        if op == "Constant":
+            tensor = _constant_value(node)
+            if tensor is None:
+                return None
+            tensor.name = node.output[0]
+            self.consts[node.output[0]] = tensor
+            return []
+        if op in ("Shape", "Size") and self.shapes.get(node.input[0]) is not None:
+            shape = self.shapes[node.input[0]]
+            if op == "Size":
+                self.set_const(node.output[0], np.array(int(np.prod(shape)), dtype=np.int64))
+                return []
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            start, end = attrs.get("start", 0), attrs.get("end", len(shape))
+            self.set_const(node.output[0], np.array(shape[slice(start, end)], dtype=np.int64))
+            return []
+        if op == "If" and node.input[0] in self.consts:
+            branch = "then_branch" if bool(self.array(node.input[0]).reshape(-1)[0]) else "else_branch"
+            graph = next(a.g for a in node.attribute if a.name == branch)
+            return self._inline_graph(graph, [], list(node.output))
+        if op == "Scan":
+            return self._unroll_scan(node)
+        if op == "Loop":
+            return self._unroll_loop(node)
+        if op in NONDETERMINISTIC or not all(n in self.consts for n in inputs) or any(_subgraphs(node)):
+            return None
+        for out in node.output:
+            shape = self.shapes.get(out)
+            if shape is not None and int(np.prod(shape)) > FOLD_LIMIT:
+                return None
+        return self._evaluate(node)
+
+    def _evaluate(self, node):
+        from onnx.reference import ReferenceEvaluator
+
+        try:
+            session = ReferenceEvaluator(node, opsets=dict(self.opsets))
+            results = session.run(None, {n: self.array(n) for n in node.input if n})
+        except Exception:  # the reference lacks some ops and dtypes: leave the node to run
+            return None
+        for name, value in zip(node.output, results):
+            if name:
+                if not isinstance(value, np.ndarray) and not np.isscalar(value):
+                    return None  # sequences and optionals stay nodes
+                self.set_const(name, value)
+        return []
+
+    def _inline_graph(self, graph: onnx.GraphProto, inputs: list[str], outputs: list[str],
+                      extra: dict[str, str] | None = None) -> list[onnx.NodeProto]:
+        """``graph``'s nodes, reading ``inputs`` for its inputs and writing ``outputs``."""
+        mapping = dict(extra or {})
+        mapping.update({formal.name: actual for formal, actual in zip(graph.input, inputs)})
+        for tensor in graph.initializer:
+            fresh = self.namer(tensor.name)
+            copy = onnx.TensorProto.FromString(tensor.SerializeToString())
+            copy.name = fresh
+            self.consts[fresh] = copy
+            mapping[tensor.name] = fresh
+        nodes = []
+        for node in graph.node:
+            for out in node.output:
+                if out:
+                    mapping[out] = self.namer(out)
+            nodes.append(self._renamed(node, mapping))
+        for formal, actual in zip(graph.output, outputs):
+            if actual:
+                nodes.append(helper.make_node("Identity", [mapping.get(formal.name, formal.name)], [actual]))
+        return nodes
+
+    @staticmethod
+    def _renamed(node: onnx.NodeProto, mapping: dict[str, str]) -> onnx.NodeProto:
+        node = onnx.NodeProto.FromString(node.SerializeToString())
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+        for sub in _subgraphs(node):
+            _rename_in_subgraph(sub, mapping)
+        return node
+
+    def _unroll_scan(self, node):
+        """Scan (opset 9+) with static shapes: one copy of the body per iteration."""
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if self.opsets.get("", 0) < 9:
+            return None
+        body = attrs["body"]
+        num_scan_in = attrs["num_scan_inputs"]
+        num_state = len(node.input) - num_scan_in
+        scan_ins = list(node.input[num_state:])
+        in_axes = list(attrs.get("scan_input_axes", [0] * num_scan_in))
+        in_dirs = list(attrs.get("scan_input_directions", [0] * num_scan_in))
+        num_scan_out = len(body.output) - num_state
+        out_axes = list(attrs.get("scan_output_axes", [0] * num_scan_out))
+        out_dirs = list(attrs.get("scan_output_directions", [0] * num_scan_out))
+        shapes = [self.shapes.get(n) for n in scan_ins]
+        if not scan_ins or any(s is None for s in shapes):
+            return None
+        for k, axis in enumerate(out_axes):
+            if axis < 0:  # counts from the end of the stacked rank: the body output's rank + 1
+                ttype = body.output[num_state + k].type.tensor_type
+                if not ttype.HasField("shape"):
+                    return None
+                out_axes[k] = axis + len(ttype.shape.dim) + 1
+        axes = [a % len(s) for a, s in zip(in_axes, shapes)]
+        steps = shapes[0][axes[0]]
+        if steps > UNROLL_LIMIT or steps == 0:
+            return None
+        nodes, state = [], list(node.input[:num_state])
+        per_step = [[] for _ in range(num_scan_out)]
+        for step in range(steps):
+            step_ins = []
+            for name, axis, direction in zip(scan_ins, axes, in_dirs):
+                index = steps - 1 - step if direction else step
+                sliced = self.namer(f"{name}_t{index}")
+                nodes.append(self._slice_node(name, axis, index, sliced))
+                step_ins.append(sliced)
+            outs = [self.namer(f"{o.name}_t{step}") for o in body.output]
+            nodes += self._inline_graph(body, state + step_ins, outs)
+            state = outs[:num_state]
+            for k in range(num_scan_out):
+                per_step[k].append(outs[num_state + k])
+        for final, name in zip(state, node.output[:num_state]):
+            if name:
+                nodes.append(helper.make_node("Identity", [final], [name]))
+        for k, name in enumerate(node.output[num_state:]):
+            if not name:
+                continue
+            items = per_step[k][::-1] if out_dirs[k] else per_step[k]
+            nodes += self._stack(items, out_axes[k], name)
+        return nodes
+
+    def _slice_node(self, name: str, axis: int, index: int, out: str) -> onnx.NodeProto:
+        idx = self.namer("index")
+        self.set_const(idx, np.array(index, dtype=np.int64))
+        return helper.make_node("Gather", [name, idx], [out], axis=axis)
+
+    def _stack(self, items: list[str], axis: int, out: str) -> list[onnx.NodeProto]:
+        """Stack same-shaped values along a new, non-negative ``axis``."""
+        axes = self.namer("axes")
+        self.set_const(axes, np.array([axis], dtype=np.int64))
+        nodes, expanded = [], []
+        for item in items:
+            name = self.namer(f"{item}_u")
+            nodes.append(helper.make_node("Unsqueeze", [item, axes], [name]))
+            expanded.append(name)
+        nodes.append(helper.make_node("Concat", expanded, [out], axis=axis))
+        return nodes
+
+    def _unroll_loop(self, node):
+        """Loop with a constant trip count and a condition that folds to constants."""
+        body = next(a.g for a in node.attribute if a.name == "body")
+        trip, cond = (list(node.input) + ["", ""])[:2]
+        if trip and trip not in self.consts:
+            return None
+        if cond and cond not in self.consts:
+            return None
+        if not trip:
+            return None  # unbounded: needs the condition evaluated per step
+        steps = int(self.array(trip).reshape(-1)[0])
+        if cond and not bool(self.array(cond).reshape(-1)[0]):
+            steps = 0
+        if steps > UNROLL_LIMIT:
+            return None
+        # The body's condition output must be a constant true for every step to unroll.
+        cond_out = body.output[0].name
+        producers = {o: n for n in body.node for o in n.output}
+        if cond_out != body.input[1].name:
+            producer = producers.get(cond_out)
+            if producer is None or producer.op_type not in ("Identity", "Constant"):
+                return None
+            if producer.op_type == "Identity" and producer.input[0] != body.input[1].name:
+                return None
+            if producer.op_type == "Constant":
+                value = _constant_value(producer)
+                if value is None or not numpy_helper.to_array(value).all():
+                    return None
+        num_state = len(node.input) - 2
+        num_scan = len(body.output) - 1 - num_state
+        if steps == 0 and num_scan:
+            return None  # empty scan outputs need a dtype and shape we do not know here
+        state = list(node.input[2:])
+        cond_name = cond or self.namer("cond")
+        if not cond:
+            self.set_const(cond_name, np.array(True))
+        nodes, per_step = [], [[] for _ in range(num_scan)]
+        for step in range(steps):
+            counter = self.namer("iter")
+            self.set_const(counter, np.array(step, dtype=np.int64))
+            outs = [self.namer(f"{o.name}_t{step}") for o in body.output]
+            nodes += self._inline_graph(body, [counter, cond_name] + state, outs)
+            state = outs[1:1 + num_state]
+            for k in range(num_scan):
+                per_step[k].append(outs[1 + num_state + k])
+        for final, name in zip(state, node.output[:num_state]):
+            if name:
+                nodes.append(helper.make_node("Identity", [final], [name]))
+        for k, name in enumerate(node.output[num_state:]):
+            if name:
+                nodes += self._stack(per_step[k], 0, name)
+        return nodes
+
+    def _expand(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
+        """The node's ONNX function body, inlined, for ops edgecc has no converter for."""
+        key = (_domain(node.domain), node.op_type)
+        if key in self.keep_ops and node.op_type not in PREFER_FUNCTION:
+            return None
+        opset = self.opsets.get(key[0])
+        try:
+            schema = onnx.defs.get_schema(node.op_type, opset, key[0])
+        except (onnx.defs.SchemaError, TypeError):
+            return None
+        try:
+            if schema.has_function:
+                versions = [v for v in schema.function_opset_versions if v <= opset] or \
+                    sorted(schema.function_opset_versions)[:1]
+                body = onnx.FunctionProto.FromString(schema.get_function_with_opset_version(max(versions)))
+            elif schema.has_context_dependent_function:
+                types = [self.types.get(n, onnx.TypeProto()) if n else onnx.TypeProto() for n in node.input]
+                if any(n and n not in self.types for n in node.input):
+                    return None  # input types unknown until more is inferred
+                versions = [v for v in schema.context_dependent_function_opset_versions if v <= opset] or \
+                    sorted(schema.context_dependent_function_opset_versions)[:1]
+                raw = schema.get_context_dependent_function_with_opset_version(
+                    max(versions), node.SerializeToString(), [t.SerializeToString() for t in types])
+                body = onnx.FunctionProto.FromString(raw)
+            else:
+                return None
+        except Exception:  # the schema refused this node's attributes or types
+            return None
+        if not body.node:
+            return None
+        return self._inline_function(node, body)
+
+    def _inline_function(self, node: onnx.NodeProto, body: onnx.FunctionProto) -> list[onnx.NodeProto]:
+        mapping = {formal: actual for formal, actual in zip(body.input, list(node.input) + [""] * len(body.input))}
+        mapping.update({formal: actual for formal, actual in zip(body.output, node.output) if actual})
+        attrs = {a.name: a for a in node.attribute}
+        defaults = {a.name: a for a in body.attribute_proto}
+        nodes = []
+        for inner in body.node:
+            for out in inner.output:
+                if out and out not in mapping:
+                    mapping[out] = self.namer(out)
+            copy = self._renamed(inner, mapping)
+            resolved = []
+            for attr in copy.attribute:
+                if attr.ref_attr_name:
+                    source = attrs.get(attr.ref_attr_name) or defaults.get(attr.ref_attr_name)
+                    if source is None:
+                        continue  # optional attribute the node leaves unset
+                    value = onnx.AttributeProto.FromString(source.SerializeToString())
+                    value.name = attr.name
+                    attr = value
+                resolved.append(attr)
+            del copy.attribute[:]
+            copy.attribute.extend(resolved)
+            nodes.append(copy)
+        return nodes
+
+    # -- driver --------------------------------------------------------------------------------
+    def run(self, max_rounds: int = 12) -> onnx.ModelProto:
+        for _ in range(max_rounds):
+            self._infer()
+            changed = False
+            new_nodes = []
+            for node in self.nodes:
+                replacement = self._fold(node)
+                if replacement is None:
+                    replacement = self._expand(node)
+                if replacement is None:
+                    new_nodes.append(node)
+                else:
+                    new_nodes.extend(replacement)
+                    changed = True
+            self.nodes = new_nodes
+            if not changed:
+                break
+        return self._finish()
+
+    def _finish(self) -> onnx.ModelProto:
+        graph = self.model.graph
+        live = {o.name for o in graph.output}
+        kept = []
+        for node in reversed(self.nodes):
+            if any(o in live for o in node.output) or not any(node.output):
+                kept.append(node)
+                live |= _node_reads(node)
+        kept.reverse()
+        del graph.node[:]
+        graph.node.extend(kept)
+        del graph.initializer[:]
+        graph.initializer.extend(t for name, t in self.consts.items() if name in live)
+        del graph.value_info[:]
+        return self.model
+
+
+def onnx_nodes_recursive(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for sub in _subgraphs(node):
+            yield from onnx_nodes_recursive(sub)
+
+
+def _constant_value(node: onnx.NodeProto) -> onnx.TensorProto | None:
+    """The tensor a ``Constant`` node holds (any of its attribute forms)."""
+    for attr in node.attribute:
+        value = helper.get_attribute_value(attr)
+        if attr.name == "value":
+            return onnx.TensorProto.FromString(value.SerializeToString())
+        if attr.name == "value_float":
+            return numpy_helper.from_array(np.array(value, dtype=np.float32))
+        if attr.name == "value_floats":
+            return numpy_helper.from_array(np.array(value, dtype=np.float32))
+        if attr.name == "value_int":
+            return numpy_helper.from_array(np.array(value, dtype=np.int64))
+        if attr.name == "value_ints":
+            return numpy_helper.from_array(np.array(value, dtype=np.int64))
+        if attr.name == "value_string":
+            return numpy_helper.from_array(np.array(value.decode(), dtype=object))
+        if attr.name == "value_strings":
+            return numpy_helper.from_array(np.array([v.decode() for v in value], dtype=object))
+        if attr.name == "sparse_value":
+            return None
+    return None
+
+
+def shape_inputs(model: onnx.ModelProto) -> list[str]:
+    """Graph inputs whose values reach a shape slot (see :data:`SHAPE_SLOTS`), in input order."""
+    graph = model.graph
+    producers = {o: n for n in graph.node for o in n.output}
+    pending = [n.input[i] for n in graph.node for i in SHAPE_SLOTS.get(n.op_type, ())
+               if i < len(n.input) and n.input[i]]
+    pending += [n for node in graph.node if node.op_type in ("Scan", "Loop", "If")
+                for n in _graph_refs_only_outer(node)]
+    marked = set()
+    while pending:
+        name = pending.pop()
+        if name in marked:
+            continue
+        marked.add(name)
+        producer = producers.get(name)
+        if producer is not None and producer.op_type not in ("Shape", "Size"):
+            pending.extend(n for n in _node_reads(producer))
+    weights = {t.name for t in graph.initializer}
+    return [v.name for v in graph.input if v.name in marked and v.name not in weights]
+
+
+def _graph_refs_only_outer(node: onnx.NodeProto) -> list[str]:
+    """Outer names read by shape slots inside a node's subgraphs."""
+    names = []
+    for sub in _subgraphs(node):
+        local = {i.name for i in sub.input} | {o for n in sub.node for o in n.output}
+        inner = shape_inputs_names(sub)
+        names += [n for n in inner if n not in local]
+    return names
+
+
+def shape_inputs_names(graph: onnx.GraphProto) -> set[str]:
+    names = set()
+    for n in graph.node:
+        for i in SHAPE_SLOTS.get(n.op_type, ()):
+            if i < len(n.input) and n.input[i]:
+                names.add(n.input[i])
+    return names
+
+
+def simplify(model: onnx.ModelProto, input_shapes: dict[str, tuple], input_values: dict | None = None,
+             keep_ops: set[tuple[str, str]] | None = None) -> onnx.ModelProto:
+    """A copy of ``model`` with its compile-time-known parts folded (see the module doc).
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+    input_shapes : dict
+        Static shape of every graph input.
+    input_values : dict, optional
+        Inputs to specialise on: they become initializers and leave the graph inputs.
+    keep_ops : set of (domain, op_type), optional
+        Ops with a converter: these are not expanded into their ONNX function.
+    """
+    return Simplifier(model, input_shapes, input_values, keep_ops or set()).run()
