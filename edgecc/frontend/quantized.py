@@ -1,0 +1,1 @@
+"""Quantized ONNX ops deployed models contain, imported with exact integer semantics."""

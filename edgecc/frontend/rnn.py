@@ -1,0 +1,1 @@
+"""Recurrent layers (``RNN``, ``GRU``, ``LSTM``): unrolled over the static sequence length."""
