@@ -7,7 +7,7 @@ Every case of the chosen kinds (the onnx wheel's ``onnx/backend/test/data``)
 runs through ``edgecc.backend`` (compile for the host, run in TVM's VM) and
 through ONNX Runtime's CPU provider, each in its own forked process with a time
 limit. A case passes when every output matches the suite's reference within the
-case's rtol/atol (as ``onnx.backend.test.runner.Runner`` checks). ``real`` cases
+case's rtol/atol, by ``onnx.backend.test.runner.Runner.assert_similar_outputs``. ``real`` cases
 (the light models) use a seeded random input and ``onnx.reference`` for the
 expected output, as the suite does.
 
@@ -95,23 +95,11 @@ def case_data(case):
 
 
 def compare(expected, got, rtol, atol) -> None:
-    """Raise AssertionError unless ``got`` matches ``expected`` like the suite's runner."""
-    assert len(got) == len(expected), f"{len(got)} outputs, expected {len(expected)}"
-    for ref, out in zip(expected, got):
-        if isinstance(ref, (list, tuple)):
-            assert isinstance(out, (list, tuple)) and len(out) == len(ref), "sequence output differs"
-            compare(ref, out, rtol, atol)
-            continue
-        out = np.asarray(out)
-        assert out.shape == ref.shape, f"shape {out.shape}, expected {ref.shape}"
-        if ref.dtype == object or ref.dtype.kind in "SU":
-            np.testing.assert_array_equal(out, ref)
-            continue
-        assert out.dtype == ref.dtype, f"dtype {out.dtype}, expected {ref.dtype}"
-        if ref.dtype.kind in "fc":
-            np.testing.assert_allclose(out, ref, rtol=rtol, atol=atol)
-        else:
-            np.testing.assert_array_equal(out, ref)
+    """Raise AssertionError unless ``got`` matches ``expected``: the suite runner's own check."""
+    from onnx.backend.test.runner import Runner
+
+    Runner.assert_similar_outputs(expected, [np.asarray(o) if not isinstance(o, (list, tuple)) else o
+                                             for o in got], rtol, atol)
 
 
 def _run_edgecc(model, inputs):

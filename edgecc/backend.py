@@ -16,6 +16,7 @@ from onnx.backend.base import Backend, BackendRep
 from edgecc.errors import UserInputError
 from edgecc.frontend import check_supported, import_onnx
 from edgecc.frontend.loader import graph_inputs
+from edgecc.frontend.narrow import from_storage, narrow_io, to_storage
 from edgecc.frontend.simplify import shape_inputs
 
 
@@ -40,6 +41,9 @@ class EdgeccRep(BackendRep):
         # Inputs that decide shapes (a Reshape target, Range bounds, a trip count):
         # compiled in as constants, one executable per distinct value.
         self.specialized = set(shape_inputs(model))
+        # float8/int4/... inputs and outputs: the compiled model takes and returns bytes.
+        self.narrow_inputs, self.narrow_outputs = narrow_io(model)
+        self.output_names = [o.name for o in model.graph.output]
         self._compiled: dict = {}
 
     def _vm(self, shapes: tuple, values: dict):
@@ -66,12 +70,15 @@ class EdgeccRep(BackendRep):
             inputs = [inputs]
         if len(inputs) != len(self.input_names):
             raise UserInputError(f"the model takes {len(self.input_names)} inputs, got {len(inputs)}")
-        arrays = [np.asarray(x) for x in inputs]
+        arrays = [to_storage(np.asarray(x), self.narrow_inputs[n]) if n in self.narrow_inputs else np.asarray(x)
+                  for n, x in zip(self.input_names, inputs)]
         values = {n: a for n, a in zip(self.input_names, arrays) if n in self.specialized}
         vm = self._vm(tuple(tuple(a.shape) for a in arrays), values)
         runtime = [a for n, a in zip(self.input_names, arrays) if n not in self.specialized]
         result = vm["main"](*[tvm.runtime.tensor(a) for a in runtime])
-        return tuple(_to_numpy(result))
+        outputs = _to_numpy(result)
+        return tuple(from_storage(out, self.narrow_outputs[name]) if name in self.narrow_outputs else out
+                     for name, out in zip(self.output_names, outputs))
 
 
 class EdgeccBackend(Backend):

@@ -5,7 +5,8 @@ join :func:`graph_passes`. Every target gets the inference simplifications:
 batch norm decomposed, then folded with conv biases into the conv weights
 (:mod:`.fold_affine`), and constants folded. CPU targets then run their conv
 regions channels-last (:mod:`.channels_last`), the layout the CPU kernels in
-``edgecc.schedules`` vectorise.
+``edgecc.schedules`` vectorise. Half-precision matmuls and softmaxes accumulate
+in float32 (:mod:`.precision`).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from tvm import relax
 
 from .channels_last import ChannelsLast
 from .fold_affine import FoldAffineIntoConv
+from .precision import AccumulateFloat32
 
 
 def graph_passes(preset) -> list:
     """The graph phase of the pipeline for a target preset (a list of TVM passes)."""
     passes = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
               relax.transform.FoldConstant(), FoldAffineIntoConv(),
-              relax.transform.DeadCodeElimination()]
+              relax.transform.DeadCodeElimination(), AccumulateFloat32()]
     if preset.device == "cpu":
         passes += [ChannelsLast(), relax.transform.DeadCodeElimination()]
     return passes + [relax.transform.FoldConstant()]

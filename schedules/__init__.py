@@ -20,7 +20,7 @@ from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
 from . import cpu, gpu
-from .compute import conv2d_legalizer, fast_math_legalizers, matmul_legalizer
+from .compute import conv2d_legalizer, extreme_reduce_legalizers, fast_math_legalizers, matmul_legalizer
 
 RULE_ATTR = "edgecc.schedule"
 
@@ -36,7 +36,7 @@ def legalize_map(preset) -> dict:
         return {}
     lanes = fp32_lanes(preset)
     legalizers = {"relax.nn.conv2d": conv2d_legalizer(lanes),
-                  "relax.matmul": matmul_legalizer(lanes)}
+                  "relax.matmul": matmul_legalizer(lanes), **extreme_reduce_legalizers()}
     if preset.arch != "riscv64":  # TVM's RVV lowering rejects fast_exp's vector bit casts
         legalizers.update(fast_math_legalizers())
     return legalizers

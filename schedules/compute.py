@@ -245,3 +245,58 @@ def fast_math_legalizers() -> dict:
     return {"relax.exp": make("relax.exp", topi.fast_exp), "relax.erf": make("relax.erf", topi.fast_erf),
             "relax.tanh": make("relax.tanh", topi.fast_tanh),
             "relax.nn.softmax": make("relax.nn.softmax", topi.nn.fast_softmax, with_axis=True)}
+
+
+def extreme_reduce_legalizers() -> dict:
+    """Float ``max``/``min`` reductions that start from -inf/+inf, as ONNX defines them
+    (and bool ones as any/all, which TVM cannot reduce at all).
+
+    TVM's ``topi.max`` starts from the lowest finite value, so a row of all -inf
+    (a fully masked attention row) reduces to -3.4e38 instead of -inf, and an
+    empty reduction returns that number instead of the identity.
+    """
+    def make(op_name, is_max):
+        default = tvm.ir.Op.get(op_name).get_attr("FLegalize")
+
+        def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+            data = call.args[0]
+            dtype = str(data.ty.dtype)
+            if dtype == "bool":  # any / all
+                pick = (lambda a, b: tvm.tirx.Or(a, b)) if is_max else (lambda a, b: tvm.tirx.And(a, b))
+                identity = not is_max
+            elif dtype.startswith("float"):
+                pick = (lambda a, b: tvm.tirx.max(a, b)) if is_max else (lambda a, b: tvm.tirx.min(a, b))
+                identity = float("-inf") if is_max else float("inf")
+            else:
+                return default(bb, call)
+            if data.ty.ndim < 0:
+                return default(bb, call)
+            ndim = data.ty.ndim
+            axes = sorted(int(a) % ndim for a in call.attrs.axis) if call.attrs.axis is not None \
+                else list(range(ndim))
+            keepdims = bool(call.attrs.keepdims)
+
+            def compute(x):
+                reducer = te.comm_reducer(pick, lambda t: tvm.tirx.const(identity, t), name=op_name)
+                ranges = [te.reduce_axis((0, x.shape[a]), name=f"k{a}") for a in axes]
+                out_shape = [1 if a in axes else x.shape[a] for a in range(ndim)] if keepdims \
+                    else [x.shape[a] for a in range(ndim) if a not in axes]
+
+                def body(*idx):
+                    idx, index, r = list(idx), [], iter(ranges)
+                    for a in range(ndim):
+                        if a in axes:
+                            index.append(next(r))
+                            if keepdims:
+                                idx.pop(0)
+                        else:
+                            index.append(idx.pop(0))
+                    return reducer(x[tuple(index)], axis=ranges)
+
+                return te.compute(out_shape, body, name=op_name.split(".")[-1])
+
+            return bb.call_te(compute, data)
+
+        return legalize
+
+    return {"relax.max": make("relax.max", True), "relax.min": make("relax.min", False)}

@@ -17,6 +17,7 @@ from onnx import external_data_helper, helper
 from edgecc.errors import UnsupportedOpError, UserInputError
 
 from .converters import converter_ops, supported_ops
+from .narrow import lower_narrow_types
 from .simplify import simplify
 
 
@@ -242,7 +243,9 @@ def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | Non
 
     The ONNX graph is first simplified for the bound shapes (:mod:`edgecc.frontend.simplify`):
     shape computations and constant subgraphs are folded, ops ONNX defines as functions
-    are expanded, ``Scan`` and ``Loop`` with known trip counts are unrolled.
+    are expanded, ``Scan`` and ``Loop`` with known trip counts are unrolled. Narrow types
+    (float8, float4, int4, int2) are then held in bytes (:mod:`edgecc.frontend.narrow`);
+    the compiled model takes and returns those bytes.
 
     Parameters
     ----------
@@ -267,6 +270,9 @@ def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | Non
     inputs = bind_input_shapes(model, input_shapes)
     model = simplify(model, {spec.name: spec.shape for spec in inputs}, input_values, converter_ops())
     inputs = [spec for spec in inputs if spec.name not in input_values]
+    model = lower_narrow_types(model)
+    stored = {spec.name: spec.dtype for spec in graph_inputs(model)}  # narrow types are bytes now
+    inputs = [dataclasses.replace(spec, dtype=stored.get(spec.name, spec.dtype)) for spec in inputs]
     _check_converted(model)
     model = rename_inputs_to_identifiers(model)
     if model.ir_version < 4:

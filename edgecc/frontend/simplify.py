@@ -43,9 +43,19 @@ SHAPE_SLOTS: dict[str, tuple[int, ...]] = {
 NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
                     "Multinomial", "Bernoulli"}
 
-# Where TVM has a converter under the same name with other semantics (its
-# ``Attention`` is ONNX Runtime's contrib op), the ONNX function is used instead.
-PREFER_FUNCTION = {"Attention"}
+
+def _prefer_function(node: onnx.NodeProto, rank: int | None) -> bool:
+    """Where the converter covers only part of an op, its ONNX function is used instead:
+    TVM's ``Attention`` is ONNX Runtime's contrib op, its ``LayerNormalization`` has no
+    Mean/InvStdDev outputs, its ``RMSNormalization`` only normalises the last axis."""
+    if node.op_type == "Attention":
+        return True
+    if node.op_type == "LayerNormalization":
+        return sum(bool(o) for o in node.output) > 1
+    if node.op_type == "RMSNormalization":
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        return rank is None or axis % rank != rank - 1
+    return False
 
 FOLD_LIMIT = 1 << 22  # elements: larger constant results stay computed at run time
 UNROLL_LIMIT = 256  # iterations of Scan / Loop
@@ -165,6 +175,12 @@ class Simplifier:
         value = np.asarray(value)
         self.consts[name] = numpy_helper.from_array(value, name)
         self.arrays[name] = value
+
+    def _rank(self, name: str) -> int | None:
+        ttype = self.types.get(name)
+        if ttype is None or not ttype.HasField("tensor_type") or not ttype.tensor_type.HasField("shape"):
+            return None
+        return len(ttype.tensor_type.shape.dim)
 
     def _infer(self) -> None:
         graph = helper.make_graph(self.nodes, self.model.graph.name or "g", list(self.model.graph.input),
@@ -395,7 +411,7 @@ class Simplifier:
     def _expand(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
         """The node's ONNX function body, inlined, for ops edgecc has no converter for."""
         key = (_domain(node.domain), node.op_type)
-        if key in self.keep_ops and node.op_type not in PREFER_FUNCTION:
+        if key in self.keep_ops and not (key[0] == "" and _prefer_function(node, self._rank(node.input[0]))):
             return None
         opset = self.opsets.get(key[0])
         try:
