@@ -222,6 +222,10 @@ def main() -> None:
     parser.add_argument("--filter", default=None, help="regex on case names")
     parser.add_argument("--runners", default="edgecc,onnxruntime")
     parser.add_argument("--out", default="conformance-out")
+    parser.add_argument("--floor", type=int, default=None,
+                        help="exit 1 when edgecc passes fewer cases than this (CI's check)")
+    parser.add_argument("--summary", default=None,
+                        help="also write the summary (counts only, no per-case rows) to this file")
     args = parser.parse_args()
 
     import edgecc.backend  # noqa: F401 -- import TVM once, before forking
@@ -241,12 +245,19 @@ def main() -> None:
     summary = summarize(results, cases)
     summary["seconds"] = round(time.perf_counter() - start, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"{len(cases)} cases in {summary['seconds']:.0f}s")
     for runner, info in summary["runners"].items():
         kinds = ", ".join(f"{k} {v.get('passed', 0)}/{sum(v.values())}" for k, v in info["per_kind"].items())
         print(f"{runner:12} passed {info['passed']}/{len(cases)}  ({kinds})")
         top = ", ".join(f"{k} {v}" for k, v in list(info["failures_by_error"].items())[:8])
         print(f"{'':12} failures: {top}")
+    passed = summary["runners"].get("edgecc", {}).get("passed")
+    if args.floor is not None and passed is not None:
+        if passed < args.floor:
+            raise SystemExit(f"edgecc passed {passed} cases, below the floor of {args.floor}")
+        print(f"edgecc passed {passed} >= floor {args.floor}")
 
 
 if __name__ == "__main__":

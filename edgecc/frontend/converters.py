@@ -54,8 +54,8 @@ def supported_ops() -> set[tuple[str, str]]:
 def _function_ops() -> frozenset[tuple[str, str]]:
     from .simplify import has_function
 
-    return frozenset(("", schema.name) for schema in onnx.defs.get_all_schemas()
-                     if schema.domain in ("", "ai.onnx") and has_function(schema.name))
+    return frozenset((_normal_domain(schema.domain), schema.name) for schema in onnx.defs.get_all_schemas()
+                     if has_function(schema.name, schema.domain))
 
 
 def _edgecc_convert_map():

@@ -242,11 +242,13 @@ def lower_narrow_types(model: onnx.ModelProto) -> onnx.ModelProto:
         attrs = _attrs(node)
         if node.op_type in ("Cast", "CastLike") and (ins[0] in NARROW or outs[0] in NARROW):
             _cast(b, node.input[0], ins[0], outs[0], bool(attrs.get("saturate", 1)), node.output[0])
+        elif node.op_type == "DequantizeLinear" and ins[0] in NARROW_INTS:
+            b.nodes.append(node)  # the bytes hold the values: an int8/uint8 dequantize
         elif node.op_type == "DequantizeLinear" and ins[0] in NARROW:
             x_rank, axis = rank(node.input[0]), attrs.get("axis", 1)
             if attrs.get("block_size", 0):
                 raise UnsupportedOpError(f"blocked DequantizeLinear of {TensorProto.DataType.Name(ins[0])} "
-                                         f"runtime tensors (node '{node.name}')")
+                                         f"tensors (node '{node.name}')")
             x = _to_float32(b, node.input[0], ins[0])
             if len(node.input) > 2 and node.input[2]:
                 zp = _to_float32(b, node.input[2], ins[2])
@@ -254,7 +256,20 @@ def lower_narrow_types(model: onnx.ModelProto) -> onnx.ModelProto:
             scale = b.op("Cast", [node.input[1]], to=TensorProto.FLOAT)
             y = b.op("Mul", [x, _along(b, scale, x_rank, axis, rank(node.input[1]))])
             b.op("Cast", [y], node.output[0], to=outs[0] or types.get(node.input[1]))
-        elif node.op_type == "QuantizeLinear" and outs[0] in NARROW:
+        elif node.op_type == "QuantizeLinear" and outs[0] in NARROW_INTS:
+            # Quantize to the byte type (saturating there), then saturate to the narrow range.
+            storage, bits, signed = NARROW_INTS[outs[0]]
+            low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+            wide = onnx.NodeProto.FromString(node.SerializeToString())
+            wide.output[0] = b.name("quantized")
+            for attr in wide.attribute:
+                if attr.name == "output_dtype":
+                    attr.i = storage
+            b.nodes.append(wide)
+            np_storage = helper.tensor_dtype_to_np_dtype(storage)
+            b.op("Clip", [wide.output[0], b.const(np.array(low, dtype=np_storage)),
+                          b.const(np.array(high, dtype=np_storage))], node.output[0])
+        elif node.op_type == "QuantizeLinear" and outs[0] in NARROW_FLOATS:
             x_rank, axis = rank(node.input[0]), attrs.get("axis", 1)
             if attrs.get("block_size", 0):
                 raise UnsupportedOpError(f"blocked QuantizeLinear to {TensorProto.DataType.Name(outs[0])} "
@@ -265,19 +280,9 @@ def lower_narrow_types(model: onnx.ModelProto) -> onnx.ModelProto:
             zp = None
             if len(node.input) > 2 and node.input[2]:
                 zp = _along(b, _to_float32(b, node.input[2], ins[2]), x_rank, axis, rank(node.input[2]))
-            if outs[0] in NARROW_FLOATS:
-                if zp is not None:
-                    y = b.op("Add", [y, zp])
-                _encode(b, y, outs[0], bool(attrs.get("saturate", 1)), node.output[0])
-            else:  # round half to even, add the zero point, saturate
-                _, bits, signed = NARROW_INTS[outs[0]]
-                low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-                y = b.op("Round", [y])
-                if zp is not None:
-                    y = b.op("Add", [y, zp])
-                y = b.op("Clip", [y, b.const(np.array(low, dtype=np.float32)),
-                                  b.const(np.array(high, dtype=np.float32))])
-                b.op("Cast", [y], node.output[0], to=NARROW_INTS[outs[0]][0])
+            if zp is not None:
+                y = b.op("Add", [y, zp])
+            _encode(b, y, outs[0], bool(attrs.get("saturate", 1)), node.output[0])
         elif any(t in NARROW for t in ins + outs) and node.op_type not in DATA_MOVEMENT:
             kind = TensorProto.DataType.Name(next(t for t in ins + outs if t in NARROW))
             raise UnsupportedOpError(f"{node.op_type} on {kind} tensors (node '{node.name or node.op_type}'): "

@@ -229,6 +229,8 @@ class Simplifier:
             branch = "then_branch" if bool(self.array(node.input[0]).reshape(-1)[0]) else "else_branch"
             graph = next(a.g for a in node.attribute if a.name == branch)
             return self._inline_graph(graph, [], list(node.output))
+        if op == "Resize":
+            return self._full_rank_resize(node)
         if op == "Scan":
             return self._unroll_scan(node)
         if op == "Loop":
@@ -240,6 +242,42 @@ class Simplifier:
             if shape is not None and int(np.prod(shape)) > FOLD_LIMIT:
                 return None
         return self._evaluate(node)
+
+    def _full_rank_resize(self, node):
+        """``Resize`` with ``axes`` (opset 18) as the full-rank form converters know."""
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        shape = self.shapes.get(node.input[0])
+        inputs = list(node.input) + [""] * (4 - len(node.input))
+        if "axes" not in attrs or shape is None or any(n and n not in self.consts for n in inputs[1:]):
+            return None
+        if attrs.get("keep_aspect_ratio_policy", b"stretch") not in (b"stretch", "stretch"):
+            return None  # the policy's one scale spans only the listed axes
+        rank = len(shape)
+        axes = [a % rank for a in attrs["axes"]]
+        new_inputs = [inputs[0]]
+        for slot, name in enumerate(inputs[1:], start=1):
+            if not name:
+                new_inputs.append("")
+                continue
+            value = self.array(name)
+            if slot == 1:  # roi: starts then ends of the listed axes
+                full = np.concatenate([np.zeros(rank), np.ones(rank)]).astype(value.dtype)
+                for i, a in enumerate(axes):
+                    full[a], full[rank + a] = value[i], value[len(axes) + i]
+            elif slot == 2:  # scales
+                full = np.ones(rank, dtype=value.dtype)
+                full[axes] = value
+            else:  # sizes
+                full = np.array(shape, dtype=value.dtype)
+                full[axes] = value
+            fresh = self.namer(name)
+            self.set_const(fresh, full)
+            new_inputs.append(fresh)
+        while new_inputs and not new_inputs[-1]:
+            new_inputs.pop()
+        resized = helper.make_node("Resize", new_inputs, list(node.output), name=node.name)
+        resized.attribute.extend(a for a in node.attribute if a.name != "axes")
+        return [resized]
 
     def _evaluate(self, node):
         from onnx.reference import ReferenceEvaluator
