@@ -1,0 +1,1 @@
+"""Converters for vision and classic-ML ops TVM's importer lacks or gets wrong."""
