@@ -230,7 +230,12 @@ class Simplifier:
             graph = next(a.g for a in node.attribute if a.name == branch)
             return self._inline_graph(graph, [], list(node.output))
         if op == "Resize":
-            return self._full_rank_resize(node)
+            return self._full_rank_resize(node) or self._resize_by_matrices(node)
+        if op in ("Unsqueeze", "Squeeze") and len(node.input) > 1 and node.input[1] in self.consts \
+                and self.array(node.input[1]).ndim == 0:  # a scalar axis: the 1-D form converters read
+            axes = self.namer(node.input[1])
+            self.set_const(axes, self.array(node.input[1]).reshape(1))
+            return [helper.make_node(op, [node.input[0], axes], list(node.output), name=node.name)]
         if op == "Scan":
             return self._unroll_scan(node)
         if op == "Loop":
@@ -248,10 +253,14 @@ class Simplifier:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         shape = self.shapes.get(node.input[0])
         inputs = list(node.input) + [""] * (4 - len(node.input))
-        if "axes" not in attrs or shape is None or any(n and n not in self.consts for n in inputs[1:]):
+        if shape is None or any(n and n not in self.consts for n in inputs[1:]):
             return None
-        if attrs.get("keep_aspect_ratio_policy", b"stretch") not in (b"stretch", "stretch"):
-            return None  # the policy's one scale spans only the listed axes
+        policy = attrs.get("keep_aspect_ratio_policy", b"stretch")
+        policy = policy.decode() if isinstance(policy, bytes) else policy
+        if policy != "stretch" and inputs[3]:
+            return self._policy_as_scales(node, attrs, shape, inputs, policy)
+        if "axes" not in attrs:
+            return None
         rank = len(shape)
         axes = [a % rank for a in attrs["axes"]]
         new_inputs = [inputs[0]]
@@ -278,6 +287,110 @@ class Simplifier:
         resized = helper.make_node("Resize", new_inputs, list(node.output), name=node.name)
         resized.attribute.extend(a for a in node.attribute if a.name != "axes")
         return [resized]
+
+    def _policy_as_scales(self, node, attrs, shape, inputs, policy):
+        """``keep_aspect_ratio_policy`` sizes as the one scale they stand for (full rank)."""
+        rank = len(shape)
+        axes = [a % rank for a in attrs.get("axes", range(rank))]
+        sizes = self.array(inputs[3])
+        ratios = [float(sizes[i]) / shape[a] for i, a in enumerate(axes)]
+        scale = min(ratios) if policy == "not_larger" else max(ratios)
+        if any(np.floor(scale * shape[a]) != np.floor(scale * shape[a] + 0.5) for a in axes):
+            return None  # sizes round where scales floor: no exact scales form
+        full = np.ones(rank, dtype=np.float32)
+        full[axes] = scale
+        roi = inputs[1]
+        if roi and "axes" in attrs and self.array(roi).size:
+            return None
+        scales = self.namer("scales")
+        self.set_const(scales, full)
+        resized = helper.make_node("Resize", [inputs[0], roi, scales], list(node.output), name=node.name)
+        resized.attribute.extend(a for a in node.attribute if a.name not in ("axes", "keep_aspect_ratio_policy"))
+        return [resized]
+
+    def _resize_by_matrices(self, node):
+        """``Resize`` as one constant matrix per resized axis, where TVM's resize would differ.
+
+        TVM turns scales into output sizes and interpolates with size ratios, and has
+        no antialias or ``half_pixel_symmetric``. ONNX's interpolation is separable,
+        and linear in the data, so each axis is a matrix, taken from ONNX's reference
+        ``Resize`` applied to an identity. Used only in those cases: elsewhere
+        TVM's resize kernel is exact and cheaper.
+        """
+        from onnx.reference import ReferenceEvaluator
+
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        text = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+        shape = self.shapes.get(node.input[0])
+        inputs = list(node.input) + [""] * (4 - len(node.input))
+        elem = self.types.get(node.input[0])
+        if "axes" in attrs or shape is None or any(n and n not in self.consts for n in inputs[1:]) or \
+                elem is None or elem.tensor_type.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16,
+                                                                   onnx.TensorProto.DOUBLE):
+            return None
+        if text.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+            return None
+        rank = len(shape)
+        scales = self.array(inputs[2]) if inputs[2] and self.array(inputs[2]).size else None
+        sizes = self.array(inputs[3]) if inputs[3] and self.array(inputs[3]).size else None
+        roi = self.array(inputs[1]) if inputs[1] and self.array(inputs[1]).size else None
+        inexact = scales is not None and any(abs(n * float(sc) - round(n * float(sc))) > 1e-6
+                                             for n, sc in zip(shape, scales))
+        if not (inexact or attrs.get("antialias", 0) or
+                text.get("coordinate_transformation_mode") == "half_pixel_symmetric"):
+            return None
+        probe_attrs = {k: v for k, v in attrs.items() if k != "extrapolation_value"}
+        nodes, current, inside = [], node.input[0], []
+        for axis in range(rank):
+            n = shape[axis]
+            feeds = {"x": np.eye(n, dtype=np.float32)}
+            names = ["x", "", "", ""]
+            if roi is not None:
+                feeds["roi"] = np.array([0, roi[axis], 1, roi[rank + axis]], dtype=np.float32)
+                names[1] = "roi"
+            if scales is not None:
+                if float(scales[axis]) == 1.0 and roi is None:
+                    inside.append(np.ones(n))
+                    continue
+                feeds["scales"], names[2] = np.array([1, scales[axis]], dtype=np.float32), "scales"
+            else:
+                if int(sizes[axis]) == n and roi is None:
+                    inside.append(np.ones(n))
+                    continue
+                feeds["sizes"], names[3] = np.array([n, sizes[axis]], dtype=np.int64), "sizes"
+            while names[-1] == "":
+                names.pop()
+            probe = helper.make_node("Resize", names, ["y"], **probe_attrs)
+            try:
+                session = ReferenceEvaluator(probe, opsets=dict(self.opsets))
+                matrix = session.run(None, feeds)[0]  # (n, out): column j holds output j's weights
+                feeds["x"] = np.ones((1, n), dtype=np.float32)
+                inside.append(session.run(None, feeds)[0][0])
+            except Exception:
+                return None
+            perm = list(range(rank))
+            perm[axis], perm[-1] = perm[-1], perm[axis]
+            weights = self.namer("resize_weights")
+            dtype = helper.tensor_dtype_to_np_dtype(elem.tensor_type.elem_type)
+            self.set_const(weights, matrix.astype(dtype))
+            moved, mixed, back = self.namer("moved"), self.namer("mixed"), self.namer("resized")
+            nodes += [helper.make_node("Transpose", [current], [moved], perm=perm),
+                      helper.make_node("MatMul", [moved, weights], [mixed]),
+                      helper.make_node("Transpose", [mixed], [back], perm=perm)]
+            current = back
+        extrapolation = float(attrs.get("extrapolation_value", 0.0))
+        if text.get("coordinate_transformation_mode") == "tf_crop_and_resize" and extrapolation != 0.0:
+            mask = inside[0]
+            for vector in inside[1:]:
+                mask = np.multiply.outer(mask, vector)
+            fill = self.namer("extrapolation")
+            dtype = helper.tensor_dtype_to_np_dtype(elem.tensor_type.elem_type)
+            self.set_const(fill, ((1 - np.round(mask)) * extrapolation).astype(dtype))
+            filled = self.namer("filled")
+            nodes.append(helper.make_node("Add", [current, fill], [filled]))
+            current = filled
+        nodes.append(helper.make_node("Identity", [current], [node.output[0]]))
+        return nodes
 
     def _evaluate(self, node):
         from onnx.reference import ReferenceEvaluator
@@ -383,12 +496,15 @@ class Simplifier:
 
     def _stack(self, items: list[str], axis: int, out: str) -> list[onnx.NodeProto]:
         """Stack same-shaped values along a new, non-negative ``axis``."""
+        nodes, expanded = [], []
         axes = self.namer("axes")
         self.set_const(axes, np.array([axis], dtype=np.int64))
-        nodes, expanded = [], []
         for item in items:
             name = self.namer(f"{item}_u")
-            nodes.append(helper.make_node("Unsqueeze", [item, axes], [name]))
+            if self.opsets.get("", 0) >= 13:
+                nodes.append(helper.make_node("Unsqueeze", [item, axes], [name]))
+            else:  # axes were an attribute before opset 13
+                nodes.append(helper.make_node("Unsqueeze", [item], [name], axes=[axis]))
             expanded.append(name)
         nodes.append(helper.make_node("Concat", expanded, [out], axis=axis))
         return nodes
