@@ -17,7 +17,7 @@ from edgecc.errors import UserInputError
 from edgecc.frontend import check_supported, import_onnx
 from edgecc.frontend.loader import graph_inputs
 from edgecc.frontend.narrow import from_storage, narrow_io, to_storage
-from edgecc.frontend.simplify import shape_inputs
+from edgecc.frontend.simplify import element_name, shape_inputs
 
 
 def _to_numpy(value) -> list[np.ndarray]:
@@ -44,9 +44,11 @@ class EdgeccRep(BackendRep):
         # float8/int4/... inputs and outputs: the compiled model takes and returns bytes.
         self.narrow_inputs, self.narrow_outputs = narrow_io(model)
         self.output_names = [o.name for o in model.graph.output]
+        self.sequence_outputs = {o.name for o in model.graph.output if o.type.HasField("sequence_type")}
         self._compiled: dict = {}
 
     def _vm(self, shapes: tuple, values: dict):
+        """(VM, compiled output names) for these input shapes and specialised values."""
         key = (shapes, tuple((k, v.dtype.str, v.tobytes()) for k, v in sorted(values.items())))
         if key not in self._compiled:
             import tvm
@@ -56,10 +58,27 @@ class EdgeccRep(BackendRep):
             from edgecc.targets import get_target
 
             preset = get_target(self.target)
-            mod, _, _ = import_onnx(self.model, dict(zip(self.input_names, map(list, shapes))), values)
+            mod, _, outputs = import_onnx(self.model, dict(zip(self.input_names, shapes)), values)
             executable = build_executable(mod, preset)[0]
-            self._compiled[key] = relax.VirtualMachine(executable, tvm.cpu())
+            self._compiled[key] = (relax.VirtualMachine(executable, tvm.cpu()), [o.name for o in outputs])
         return self._compiled[key]
+
+    def _group(self, names: list[str], outputs: list[np.ndarray]) -> tuple:
+        """The model's outputs from the compiled ones: sequences regrouped, narrow types restored."""
+        by_name = dict(zip(names, outputs))
+        result = []
+        for name in self.output_names:
+            if name in self.sequence_outputs:
+                items, i = [], 0
+                while element_name(name, i) in by_name:
+                    items.append(by_name[element_name(name, i)])
+                    i += 1
+                result.append(items)
+            elif name in self.narrow_outputs:
+                result.append(from_storage(by_name[name], self.narrow_outputs[name]))
+            else:
+                result.append(by_name[name])
+        return tuple(result)
 
     def run(self, inputs, **kwargs):
         import tvm
@@ -70,15 +89,18 @@ class EdgeccRep(BackendRep):
             inputs = [inputs]
         if len(inputs) != len(self.input_names):
             raise UserInputError(f"the model takes {len(self.input_names)} inputs, got {len(inputs)}")
-        arrays = [to_storage(np.asarray(x), self.narrow_inputs[n]) if n in self.narrow_inputs else np.asarray(x)
+        arrays = [[np.asarray(item) for item in x] if isinstance(x, list) else  # a sequence: its elements
+                  to_storage(np.asarray(x), self.narrow_inputs[n]) if n in self.narrow_inputs else np.asarray(x)
                   for n, x in zip(self.input_names, inputs)]
         values = {n: a for n, a in zip(self.input_names, arrays) if n in self.specialized}
-        vm = self._vm(tuple(tuple(a.shape) for a in arrays), values)
-        runtime = [a for n, a in zip(self.input_names, arrays) if n not in self.specialized]
+        shapes = tuple(tuple(tuple(i.shape) for i in a) if isinstance(a, list) else tuple(a.shape) for a in arrays)
+        vm, names = self._vm(shapes, values)
+        runtime = []
+        for name, array in zip(self.input_names, arrays):
+            if name not in self.specialized:
+                runtime += array if isinstance(array, list) else [array]
         result = vm["main"](*[tvm.runtime.tensor(a) for a in runtime])
-        outputs = _to_numpy(result)
-        return tuple(from_storage(out, self.narrow_outputs[name]) if name in self.narrow_outputs else out
-                     for name, out in zip(self.output_names, outputs))
+        return self._group(names, _to_numpy(result))
 
 
 class EdgeccBackend(Backend):

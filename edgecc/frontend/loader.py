@@ -178,8 +178,15 @@ def bind_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]
     for name in input_shapes:
         if name not in names:
             raise UserInputError(f"--input-shape names '{name}', but the model's inputs are: {', '.join(names)}")
+    sequences = {v.name for v in model.graph.input if v.type.HasField("sequence_type")}
     bound = []
     for spec in inputs:
+        if spec.name in sequences:  # a list of tensors: one shape per element
+            if spec.name not in input_shapes:
+                raise UserInputError(f"input '{spec.name}' is a sequence; give the shape of each element")
+            bound.append(TensorSpec(spec.name, tuple(tuple(int(d) for d in s) for s in input_shapes[spec.name]),
+                                    "sequence"))
+            continue
         shape = tuple(int(d) for d in input_shapes[spec.name]) if spec.name in input_shapes else spec.shape
         if spec.name in input_shapes and any(d < 0 for d in shape):
             raise UserInputError(f"--input-shape {spec.name}: dims must be 0 or more, got {list(shape)}")
@@ -271,8 +278,8 @@ def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | Non
     model = simplify(model, {spec.name: spec.shape for spec in inputs}, input_values, converter_ops())
     inputs = [spec for spec in inputs if spec.name not in input_values]
     model = lower_narrow_types(model)
-    stored = {spec.name: spec.dtype for spec in graph_inputs(model)}  # narrow types are bytes now
-    inputs = [dataclasses.replace(spec, dtype=stored.get(spec.name, spec.dtype)) for spec in inputs]
+    # The simplified graph's inputs: static shapes, narrow types as bytes, sequences one input per element.
+    inputs = graph_inputs(model)
     _check_converted(model)
     model = rename_inputs_to_identifiers(model)
     if model.ir_version < 4:

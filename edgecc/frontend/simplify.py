@@ -39,6 +39,17 @@ SHAPE_SLOTS: dict[str, tuple[int, ...]] = {
     "ReduceSumSquare": (1,), "RandomNormalLike": (), "Compress": (1,), "StringSplit": (),
 }
 
+SHAPE_SLOTS.update({"SequenceAt": (1,), "SequenceInsert": (2,), "SequenceErase": (1,), "SplitToSequence": (1,)})
+
+SEQUENCE_OPS = {"SequenceEmpty", "SequenceConstruct", "SequenceInsert", "SequenceErase", "SequenceAt",
+                "SequenceLength", "ConcatFromSequence", "SplitToSequence", "SequenceMap"}
+
+
+def element_name(sequence: str, index: int) -> str:
+    """The tensor holding element ``index`` of a sequence input or output once flattened."""
+    return f"{sequence}.seq{index}"
+
+
 # Never folded: a fresh value each run.
 NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
                     "Multinomial", "Bernoulli"}
@@ -142,6 +153,7 @@ class Simplifier:
         for name, value in (input_values or {}).items():
             self.consts[name] = numpy_helper.from_array(np.asarray(value), name)
         del graph.input[:]
+        self.seqs: dict[str, list[str]] = {}  # sequence value -> its element tensors, when known
         graph.input.extend(self._bound_inputs(model, input_shapes, input_values or {}))
         self.nodes = list(graph.node)
         taken = {v.name for v in graph.input} | set(self.consts)
@@ -157,6 +169,13 @@ class Simplifier:
             if value.name in input_values or value.name in weights:
                 continue
             value = onnx.ValueInfoProto.FromString(value.SerializeToString())
+            if value.type.HasField("sequence_type") and value.name in input_shapes:
+                elem = value.type.sequence_type.elem_type.tensor_type.elem_type
+                names = [element_name(value.name, i) for i in range(len(input_shapes[value.name]))]
+                inputs += [helper.make_tensor_value_info(n, elem, list(shape))
+                           for n, shape in zip(names, input_shapes[value.name])]
+                self.seqs[value.name] = names
+                continue
             if value.name in input_shapes and value.type.HasField("tensor_type"):
                 shape = value.type.tensor_type.shape
                 del shape.dim[:]
@@ -229,6 +248,8 @@ class Simplifier:
             branch = "then_branch" if bool(self.array(node.input[0]).reshape(-1)[0]) else "else_branch"
             graph = next(a.g for a in node.attribute if a.name == branch)
             return self._inline_graph(graph, [], list(node.output))
+        if op in SEQUENCE_OPS or (op == "Identity" and node.input[0] in self.seqs):
+            return self._sequence(node)
         if op == "Resize":
             return self._full_rank_resize(node) or self._resize_by_matrices(node)
         if op in ("Unsqueeze", "Squeeze") and len(node.input) > 1 and node.input[1] in self.consts \
@@ -247,6 +268,117 @@ class Simplifier:
             if shape is not None and int(np.prod(shape)) > FOLD_LIMIT:
                 return None
         return self._evaluate(node)
+
+    def _sequence(self, node):
+        """Sequence ops on sequences whose elements are known: lists of tensor names."""
+        op, ins, out = node.op_type, list(node.input), node.output[0]
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+        def position(name, default, length):
+            if not name:
+                return default
+            if name not in self.consts:
+                return None
+            pos = int(self.array(name).reshape(-1)[0])
+            return pos + length if pos < 0 else pos
+
+        if op == "SequenceEmpty":
+            self.seqs[out] = []
+            return []
+        if op == "SequenceConstruct":
+            self.seqs[out] = ins
+            return []
+        if op == "SplitToSequence":
+            return self._split_to_sequence(node, attrs)
+        if ins[0] not in self.seqs:
+            return None
+        items = self.seqs[ins[0]]
+        if op == "Identity":
+            self.seqs[out] = items
+            return []
+        if op == "SequenceLength":
+            self.set_const(out, np.array(len(items), dtype=np.int64))
+            return []
+        if op == "SequenceInsert":
+            pos = position(ins[2] if len(ins) > 2 else "", len(items), len(items))
+            if pos is None:
+                return None
+            self.seqs[out] = items[:pos] + [ins[1]] + items[pos:]
+            return []
+        if op == "SequenceErase":
+            pos = position(ins[1] if len(ins) > 1 else "", len(items) - 1, len(items))
+            if pos is None:
+                return None
+            self.seqs[out] = items[:pos] + items[pos + 1:]
+            return []
+        if op == "SequenceAt":
+            pos = position(ins[1], 0, len(items))
+            if pos is None:
+                return None
+            return [helper.make_node("Identity", [items[pos]], [out])]
+        if op == "ConcatFromSequence":
+            if not items:
+                return None
+            axis = attrs.get("axis", 0)
+            if attrs.get("new_axis", 0):
+                rank = self.shapes.get(items[0])
+                if rank is None:
+                    return None
+                axis = axis + len(rank) + 1 if axis < 0 else axis
+                return self._stack(items, axis, out)
+            return [helper.make_node("Concat", items, [out], axis=axis)]
+        if op == "SequenceMap":
+            body = attrs["body"]
+            lengths = {len(self.seqs[n]) for n in ins if n in self.seqs}
+            if len(lengths) != 1:
+                return None
+            nodes, outs = [], [[] for _ in body.output]
+            for i in range(lengths.pop()):
+                step_in = [self.seqs[n][i] if n in self.seqs else n for n in ins]
+                step_out = [self.namer(f"{o.name}_{i}") for o in body.output]
+                nodes += self._inline_graph(body, step_in, step_out)
+                for k, name in enumerate(step_out):
+                    outs[k].append(name)
+            for name, items_k in zip(node.output, outs):
+                self.seqs[name] = items_k
+            return nodes
+        return None
+
+    def _split_to_sequence(self, node, attrs):
+        shape = self.shapes.get(node.input[0])
+        split = node.input[1] if len(node.input) > 1 and node.input[1] else ""
+        if shape is None or (split and split not in self.consts):
+            return None
+        axis = attrs.get("axis", 0) % len(shape)
+        length = shape[axis]
+        nodes, items = [], []
+        if not split:
+            for i in range(length):
+                name = self.namer(f"{node.output[0]}_{i}")
+                index = self.namer("index")
+                if attrs.get("keepdims", 1):
+                    self.set_const(index, np.array([i], dtype=np.int64))
+                else:
+                    self.set_const(index, np.array(i, dtype=np.int64))
+                nodes.append(helper.make_node("Gather", [node.input[0], index], [name], axis=axis))
+                items.append(name)
+            self.seqs[node.output[0]] = items
+            return nodes
+        sizes = self.array(split).reshape(-1)
+        if self.array(split).ndim == 0:
+            chunk = int(sizes[0])
+            sizes = [chunk] * (length // chunk) + ([length % chunk] if length % chunk else [])
+        start = 0
+        for i, size in enumerate(sizes):
+            name = self.namer(f"{node.output[0]}_{i}")
+            bounds = [self.namer("starts"), self.namer("ends"), self.namer("axes")]
+            for bound, value in zip(bounds, (start, start + int(size), axis)):
+                self.set_const(bound, np.array([value], dtype=np.int64))
+            nodes.append(helper.make_node("Slice", [node.input[0]] + bounds, [name]))
+            items.append(name)
+            start += int(size)
+        self.seqs[node.output[0]] = items
+        return nodes
 
     def _full_rank_resize(self, node):
         """``Resize`` with ``axes`` (opset 18) as the full-rank form converters know."""
@@ -642,6 +774,18 @@ class Simplifier:
 
     def _finish(self) -> onnx.ModelProto:
         graph = self.model.graph
+        outputs = []
+        for value in graph.output:
+            if value.type.HasField("sequence_type") and value.name in self.seqs:
+                elem = value.type.sequence_type.elem_type.tensor_type.elem_type
+                for i, item in enumerate(self.seqs[value.name]):
+                    name = element_name(value.name, i)
+                    self.nodes.append(helper.make_node("Identity", [item], [name]))
+                    outputs.append(helper.make_tensor_value_info(name, elem, None))
+            else:
+                outputs.append(value)
+        del graph.output[:]
+        graph.output.extend(outputs)
         live = {o.name for o in graph.output}
         kept = []
         for node in reversed(self.nodes):
@@ -705,7 +849,9 @@ def shape_inputs(model: onnx.ModelProto) -> list[str]:
         if producer is not None and producer.op_type not in ("Shape", "Size"):
             pending.extend(n for n in _node_reads(producer))
     weights = {t.name for t in graph.initializer}
-    return [v.name for v in graph.input if v.name in marked and v.name not in weights]
+    # A sequence's length and element shapes are compiled in anyway (one input per element).
+    return [v.name for v in graph.input if v.name in marked and v.name not in weights
+            and v.type.HasField("tensor_type")]
 
 
 def _graph_refs_only_outer(node: onnx.NodeProto) -> list[str]:
