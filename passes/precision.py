@@ -31,7 +31,8 @@ class _Accumulate(PyExprMutator):
         if name == "relax.matmul":
             a, b = call.args
             dtype = _dtype(a)
-            if dtype in _HALF and _dtype(b) == dtype and str(call.attrs.out_dtype) in ("", "void", dtype):
+            out_dtype = call.attrs.out_dtype
+            if dtype in _HALF and _dtype(b) == dtype and (out_dtype is None or str(out_dtype) in ("", "void", dtype)):
                 wide = self.builder_.normalize(relax.op.matmul(a, b, out_dtype="float32"))
                 return relax.op.astype(wide, dtype)
         elif name in ("relax.nn.softmax", "relax.nn.log_softmax"):

@@ -272,6 +272,7 @@ def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | Non
     from tvm.relax.frontend.onnx import from_onnx
 
     check_supported(model)
+    _check_no_strings(model)
     input_values = dict(input_values or {})
     input_shapes = {**(input_shapes or {}), **{k: list(np.shape(v)) for k, v in input_values.items()}}
     inputs = bind_input_shapes(model, input_shapes)
@@ -298,6 +299,14 @@ def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | Non
             raise UserInputError(f"cannot import the model: {type(err).__name__}: {_first_line(err)}") from err
     outputs = _type_specs(mod["main"].ret_ty, [o.name for o in model.graph.output])
     return mod, inputs, outputs
+
+
+def _check_no_strings(model: onnx.ModelProto) -> None:
+    """String tensors have no TVM dtype: name the first model input or output that is one."""
+    for value in list(model.graph.input) + list(model.graph.output):
+        if value.type.tensor_type.elem_type == onnx.TensorProto.STRING:
+            raise UnsupportedOpError(f"'{value.name}' is a string tensor; edgecc compiles numeric tensors only "
+                                     "(keep text processing outside the compiled model)")
 
 
 def _check_converted(model: onnx.ModelProto) -> None:
