@@ -1,0 +1,1 @@
+"""Converters for numeric text-feature ops (token ids in, counts out)."""
