@@ -1,6 +1,6 @@
 """Accumulate half-precision reductions in float32.
 
-A ``float16`` or ``bfloat16`` matmul that sums in its own type loses about one
+A ``float16`` or ``bfloat16`` matmul (or 1-D convolution) that sums in its own type loses about one
 bit per doubling of the reduction length, and a half-precision softmax rounds
 every exponential before the sum. ONNX Runtime and the ONNX reference keep
 float32 accumulators, so edgecc does too: the inputs stay half precision (the
@@ -34,6 +34,15 @@ class _Accumulate(PyExprMutator):
             out_dtype = call.attrs.out_dtype
             if dtype in _HALF and _dtype(b) == dtype and (out_dtype is None or str(out_dtype) in ("", "void", dtype)):
                 wide = self.builder_.normalize(relax.op.matmul(a, b, out_dtype="float32"))
+                return relax.op.astype(wide, dtype)
+        elif name == "relax.nn.conv1d":
+            data, weight = call.args
+            dtype, a = _dtype(data), call.attrs
+            if dtype in _HALF and _dtype(weight) == dtype and str(a.out_dtype) in ("", "void", "None", dtype):
+                wide = self.builder_.normalize(relax.op.nn.conv1d(
+                    data, weight, strides=a.strides, padding=a.padding, dilation=a.dilation, groups=a.groups,
+                    data_layout=a.data_layout, kernel_layout=a.kernel_layout, out_layout=a.out_layout,
+                    out_dtype="float32"))
                 return relax.op.astype(wide, dtype)
         elif name in ("relax.nn.softmax", "relax.nn.log_softmax"):
             (x,) = call.args
