@@ -750,3 +750,18 @@ class ArrayFeatureExtractor(OnnxOpConverter):
         if len(_shape(x)) == 1:
             x = relax.op.expand_dims(x, 0)
         return relax.op.take(x, indices, axis=-1)
+
+
+@register_converter("Slice")
+class Slice(OnnxOpConverter):
+    """Opsets 1-9 give starts/ends/axes as attributes; TVM's converter only reads inputs."""
+
+    @classmethod
+    def _impl_v1(cls, bb, inputs, attr, params):
+        bounds = [relax.const(np.asarray(attr[k], "int64"), "int64") if k in attr else None
+                  for k in ("starts", "ends", "axes")]
+        return onnx_frontend.Slice._impl_v13(bb, onnx_frontend.onnx_input([inputs[0], *bounds, None]), attr, params)
+
+    @classmethod
+    def _impl_v10(cls, bb, inputs, attr, params):
+        return onnx_frontend.Slice._impl_v13(bb, inputs, attr, params)

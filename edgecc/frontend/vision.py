@@ -426,3 +426,57 @@ class LabelEncoder(OnnxOpConverter):
         found = op.greater(op.sum(op.astype(hits, "int32"), axis=-1), relax.const(0, "int32"))
         value = op.sum(op.where(hits, _tensor(values), relax.const(0, value_dtype)), axis=-1)
         return op.where(found, value, _tensor(np.asarray(default, value_dtype)))
+
+
+def _upsample_axis(bb, x: relax.Expr, axis: int, scale: float, linear: bool) -> relax.Expr:
+    """One axis of ``Upsample``, as ONNX Runtime computes it: asymmetric coordinates
+    (``out / scale``, in float32); nearest truncates (rounds up when shrinking),
+    linear blends the two neighbours, the last one repeated past the edge."""
+    shape = _shape(x)
+    size = shape[axis]
+    scale = np.float32(scale)
+    out_size = int(np.float32(size) * scale)
+    pos = np.arange(out_size, dtype="float32") / scale
+    if not linear:
+        index = np.clip(np.ceil(pos) if scale < 1 else np.floor(pos), 0, size - 1)
+        return relax.op.take(x, _tensor(index.astype("int64")), axis=axis)
+    pos = np.clip(pos, 0, size - 1)
+    low = np.floor(pos).astype("int64")
+    high = np.minimum(low + 1, size - 1)
+    frac = (pos - low).reshape([out_size] + [1] * (len(shape) - axis - 1))
+    dtype = _dtype(x)
+    compute = dtype if dtype.startswith(("float", "bfloat")) else "float32"
+    data = x if compute == dtype else relax.op.astype(x, compute)
+    data = bb.normalize(data)
+    below = relax.op.multiply(relax.op.take(data, _tensor(low), axis=axis), _tensor((1 - frac).astype(compute)))
+    above = relax.op.multiply(relax.op.take(data, _tensor(high), axis=axis), _tensor(frac.astype(compute)))
+    out = relax.op.add(below, above)
+    return out if compute == dtype else relax.op.astype(out, dtype)
+
+
+@register_converter("Upsample")
+class Upsample(OnnxOpConverter):
+    """Every axis whose scale is not 1 resized in turn by a gather at indices known at
+    import (TVM's converter reads ``scales`` only as an attribute, and only in 4-D).
+    Opset 7 has ``scales`` as an attribute, opsets 9 and 10 as a constant input."""
+
+    @classmethod
+    def _impl_v7(cls, bb, inputs, attr, params):
+        return cls._upsample(bb, inputs[0], list(attr["scales"]), attr)
+
+    @classmethod
+    def _impl_v9(cls, bb, inputs, attr, params):
+        scales = _constant(inputs[1], params, "Upsample scales").reshape(-1).tolist()
+        return cls._upsample(bb, inputs[0], scales, attr)
+
+    @classmethod
+    def _upsample(cls, bb, x, scales, attr):
+        mode = _text(attr.get("mode", "nearest"))
+        if mode not in ("nearest", "linear"):
+            raise ValueError(f"Upsample: mode must be 'nearest' or 'linear', not {mode!r}")
+        if len(scales) != len(_shape(x)):
+            raise ValueError(f"Upsample: {len(scales)} scales for an input of rank {len(_shape(x))}")
+        for axis, scale in enumerate(scales):
+            if scale != 1:
+                x = bb.normalize(_upsample_axis(bb, x, axis, scale, mode == "linear"))
+        return x
