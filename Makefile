@@ -31,6 +31,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS) tests
+	@mkdir -p build
+	$(PY) bench/conformance.py --runners edgecc --floor $$(cat bench/conformance-floor.txt) \
+	  --out build/conformance > build/conformance.log 2>&1 || { tail -5 build/conformance.log; exit 1; }
+	@tail -4 build/conformance.log
 
 clean:
-	rm -rf $(VENV) *.egg-info demo-out .pytest_cache
+	rm -rf $(VENV) *.egg-info demo-out .pytest_cache build

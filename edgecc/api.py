@@ -80,6 +80,11 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
     timings["import_s"] = round(time.perf_counter() - start, 3)
     log(f"imported {source}: {len(model.graph.node)} nodes, inputs "
         + ", ".join(f"{i.name}{list(i.shape)}" for i in inputs))
+    for spec in inputs:
+        symbolic = [d for d in spec.shape if isinstance(d, str)]
+        if symbolic:
+            log(f"input '{spec.name}' keeps symbolic dims {symbolic}: compiled for any size "
+                f"(--input-shape binds them, for kernels scheduled for one size)")
 
     from edgecc.pipeline import build_executable
     from edgecc.runtime import ensure_runtime

@@ -38,6 +38,20 @@ def gpu_present() -> bool:
     return Path("/dev/nvidiactl").exists() and shutil.which("nvidia-smi") is not None
 
 
+def _shape_matches(shape, expected, sizes: dict) -> bool:
+    """Whether ``shape`` fits a manifest shape whose symbolic dims (strings) take any size,
+    the same size everywhere one symbol appears (recorded in ``sizes``)."""
+    if len(shape) != len(expected):
+        return False
+    for got, want in zip(shape, expected):
+        if isinstance(want, str):
+            if sizes.setdefault(want, got) != got:
+                return False
+        elif got != want:
+            return False
+    return True
+
+
 class Bundle:
     """A compiled model: a folder with the library, its manifest and the runtime for its arch.
 
@@ -94,13 +108,14 @@ class Bundle:
         unknown = [name for name in inputs if name not in expected]
         if unknown:
             raise UserInputError(f"unknown input {unknown[0]!r}; the model's inputs are: {', '.join(expected)}")
-        ordered = []
+        ordered, sizes = [], {}  # symbolic dim -> the size the first input carrying it gave
         for name, spec in expected.items():
             if name not in inputs:
                 raise UserInputError(f"missing input {name!r} (shape {spec['shape']}, {spec['dtype']})")
             array = np.asarray(inputs[name])
-            if list(array.shape) != list(spec["shape"]):
-                raise UserInputError(f"input {name!r} has shape {list(array.shape)}, expected {spec['shape']}")
+            if not _shape_matches(array.shape, spec["shape"], sizes):
+                raise UserInputError(f"input {name!r} has shape {list(array.shape)}, expected {spec['shape']}"
+                                     + (f" with {sizes}" if sizes else ""))
             if array.dtype.name != spec["dtype"]:
                 raise UserInputError(f"input {name!r} has dtype {array.dtype.name}, expected {spec['dtype']}")
             ordered.append(np.ascontiguousarray(array))

@@ -171,7 +171,8 @@ def inspect_model(path: str | os.PathLike) -> ModelInfo:
 
 
 def bind_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None) -> list[TensorSpec]:
-    """Apply ``--input-shape`` bindings; every input must end up with a static shape."""
+    """Apply ``--input-shape`` bindings. Dims left symbolic (``batch``) stay symbolic: the
+    model is compiled for any size there, with Relax symbolic shapes."""
     inputs = graph_inputs(model)
     input_shapes = dict(input_shapes or {})
     names = [i.name for i in inputs]
@@ -190,12 +191,10 @@ def bind_input_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]
         shape = tuple(int(d) for d in input_shapes[spec.name]) if spec.name in input_shapes else spec.shape
         if spec.name in input_shapes and any(d < 0 for d in shape):
             raise UserInputError(f"--input-shape {spec.name}: dims must be 0 or more, got {list(shape)}")
-        symbolic = [d for d in shape if not isinstance(d, int)]
-        if symbolic:
+        if any(d == "?" for d in shape):
             example = ",".join(str(d) if isinstance(d, int) else "1" for d in shape)
-            raise UserInputError(
-                f"input '{spec.name}' has symbolic dims {symbolic}; bind them with "
-                f"--input-shape {spec.name}={example}")
+            raise UserInputError(f"input '{spec.name}' has dims without a name or size; bind them with "
+                                 f"--input-shape {spec.name}={example}")
         bound.append(TensorSpec(spec.name, shape, spec.dtype))
     return bound
 
@@ -289,7 +288,9 @@ def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | Non
         model = onnx.ModelProto.FromString(model.SerializeToString())
         model.ir_version = 4
     names = [spec.name for spec in graph_inputs(model)]  # same order, identifier names
-    shape_dict = {name: list(spec.shape) for name, spec in zip(names, inputs)}
+    # Symbolic dims are left to the model's own dim_params, which TVM imports as shape vars.
+    shape_dict = {name: list(spec.shape) for name, spec in zip(names, inputs)
+                  if all(isinstance(d, int) for d in spec.shape)}
     dtype_dict = {name: spec.dtype for name, spec in zip(names, inputs)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

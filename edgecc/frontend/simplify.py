@@ -180,7 +180,10 @@ class Simplifier:
                 shape = value.type.tensor_type.shape
                 del shape.dim[:]
                 for d in input_shapes[value.name]:
-                    shape.dim.add().dim_value = int(d)
+                    if isinstance(d, str):
+                        shape.dim.add().dim_param = d  # symbolic: Shape of it stays a runtime value
+                    else:
+                        shape.dim.add().dim_value = int(d)
             inputs.append(value)
         return inputs
 

@@ -92,10 +92,11 @@ def test_missing_external_data(tmp_path):
     assert "external data file 'weights.bin' for tensor 'w1' is missing" in proc.stderr
 
 
-def test_symbolic_dims_must_be_bound():
-    with pytest.raises(UserInputError, match=r"input 'x' has symbolic dims \['batch'\]; bind them with "
-                                             r"--input-shape x=1,16"):
-        import_onnx(mlp_model())
+def test_symbolic_dims_stay_symbolic_unless_bound():
+    mod, inputs, outputs = import_onnx(mlp_model())
+    assert inputs[0].shape == ("batch", 16) and outputs[0].shape[0] == "batch"
+    mod, inputs, _ = import_onnx(mlp_model(), {"x": [2, 16]})
+    assert inputs[0].shape == (2, 16)
     with pytest.raises(UserInputError, match="model's inputs are: x"):
         import_onnx(mlp_model(), {"y": [1, 16]})
     mod, inputs, outputs = import_onnx(mlp_model(), {"x": [3, 16]})
