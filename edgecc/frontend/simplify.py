@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper, shape_inference
 # as constants): a graph input reaching one of these is specialised on its value.
 SHAPE_SLOTS: dict[str, tuple[int, ...]] = {
     "Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,), "Slice": (1, 2, 3, 4),
-    "Pad": (1, 3), "Squeeze": (1,), "Unsqueeze": (1,), "Resize": (1, 2, 3), "Upsample": (1,),
+    "Pad": (1, 2, 3), "Squeeze": (1,), "Unsqueeze": (1,), "Resize": (1, 2, 3), "Upsample": (1,),
     "TopK": (1,), "OneHot": (1,), "Split": (1,), "CumSum": (1,), "CumProd": (1,), "Range": (0, 1, 2),
     "NonMaxSuppression": (2, 3, 4), "Trilu": (1,), "CenterCropPad": (1,), "Col2Im": (1, 2),
     "DFT": (1, 2), "STFT": (1, 3), "BlackmanWindow": (0,), "HammingWindow": (0,), "HannWindow": (0,),
@@ -255,6 +255,14 @@ class Simplifier:
             return self._sequence(node)
         if op == "Resize":
             return self._full_rank_resize(node) or self._resize_by_matrices(node)
+        if op == "PRelu" and self.opsets.get("", 0) < 7 and node.input[1] in self.consts:
+            # Before opset 7 a 1-D slope is per channel (axis 1), not numpy-broadcast.
+            slope, shape = self.array(node.input[1]), self.shapes.get(node.input[0])
+            if slope.ndim == 1 and slope.size > 1 and shape is not None and len(shape) > 2 \
+                    and shape[1] == slope.size:
+                per_channel = self.namer(node.input[1])
+                self.set_const(per_channel, slope.reshape((-1,) + (1,) * (len(shape) - 2)))
+                return [helper.make_node("PRelu", [node.input[0], per_channel], list(node.output), name=node.name)]
         if op in ("Unsqueeze", "Squeeze") and len(node.input) > 1 and node.input[1] in self.consts \
                 and self.array(node.input[1]).ndim == 0:  # a scalar axis: the 1-D form converters read
             axes = self.namer(node.input[1])
@@ -700,7 +708,8 @@ class Simplifier:
     def _expand(self, node: onnx.NodeProto) -> list[onnx.NodeProto] | None:
         """The node's ONNX function body, inlined, for ops edgecc has no converter for."""
         key = (_domain(node.domain), node.op_type)
-        if key in self.keep_ops and not (key[0] == "" and _prefer_function(node, self._rank(node.input[0]))):
+        rank = self._rank(node.input[0]) if node.input else None
+        if key in self.keep_ops and not (key[0] == "" and _prefer_function(node, rank)):
             return None
         opset = self.opsets.get(key[0])
         try:
@@ -727,13 +736,19 @@ class Simplifier:
             return None
         if not body.node:
             return None
-        return self._inline_function(node, body)
+        return self._inline_function(node, body, schema)
 
-    def _inline_function(self, node: onnx.NodeProto, body: onnx.FunctionProto) -> list[onnx.NodeProto]:
+    def _inline_function(self, node: onnx.NodeProto, body: onnx.FunctionProto,
+                         schema=None) -> list[onnx.NodeProto]:
         mapping = {formal: actual for formal, actual in zip(body.input, list(node.input) + [""] * len(body.input))}
         mapping.update({formal: actual for formal, actual in zip(body.output, node.output) if actual})
         attrs = {a.name: a for a in node.attribute}
-        defaults = {a.name: a for a in body.attribute_proto}
+        defaults = {}
+        if schema is not None:  # the op's declared defaults, where the function body has none
+            for name, spec in schema.attributes.items():
+                if spec.default_value.type:
+                    defaults[name] = spec.default_value
+        defaults.update({a.name: a for a in body.attribute_proto})
         nodes = []
         for inner in body.node:
             for out in inner.output:
