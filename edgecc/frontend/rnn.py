@@ -216,6 +216,14 @@ class _RecurrentLayer(OnnxOpConverter):
         return relax.op.minimum(relax.op.maximum(x, relax.const(-clip, dtype)), relax.const(clip, dtype))
 
 
+def _summed_bias(bb, b_d):
+    """``Wb + Rb`` from one direction's ``B`` row (None without ``B``)."""
+    if b_d is None:
+        return None
+    wb, rb = _split(bb, b_d, 2, axis=0)
+    return relax.op.add(wb, rb)
+
+
 @register_converter("RNN")
 class RNN(_RecurrentLayer):
     """``Ht = f(Xt W^T + Ht-1 R^T + Wb + Rb)``."""
@@ -225,11 +233,7 @@ class RNN(_RecurrentLayer):
 
     @classmethod
     def _direction_weights(cls, bb, r_d, b_d, p_d, hidden, attr):
-        bias = None
-        if b_d is not None:
-            wb, rb = _split(bb, b_d, 2, axis=0)
-            bias = relax.op.add(wb, rb)
-        return bb.emit(relax.op.permute_dims(r_d)), bias
+        return bb.emit(relax.op.permute_dims(r_d)), _summed_bias(bb, b_d)
 
     @classmethod
     def _step(cls, bb, x_t, states, r_t, acts, clip, hidden, attr):
@@ -291,10 +295,7 @@ class LSTM(_RecurrentLayer):
 
     @classmethod
     def _direction_weights(cls, bb, r_d, b_d, p_d, hidden, attr):
-        bias = None
-        if b_d is not None:
-            wb, rb = _split(bb, b_d, 2, axis=0)
-            bias = relax.op.add(wb, rb)
+        bias = _summed_bias(bb, b_d)
         peepholes = _split(bb, p_d, 3, axis=0) if p_d is not None else None
         return (bb.emit(relax.op.permute_dims(r_d)), peepholes), bias
 
