@@ -43,6 +43,7 @@ def _export(executable, path: Path, preset: TargetPreset) -> None:
 def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPreset = "host", *,
             input_shapes: dict[str, list[int]] | None = None, mcpu: str | None = None,
             mattr: list[str] | None = None, vlen: int | None = None, cuda_arch: str | None = None,
+            tuning_log: str | os.PathLike | list | None = None,
             log: Callable[[str], None] | None = None) -> Bundle:
     """Compile an ONNX model into a bundle for a target.
 
@@ -56,6 +57,10 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
         ``{input name: [dims]}`` binding symbolic input dims.
     mcpu, mattr, vlen, cuda_arch : optional
         Overrides of the preset's CPU, features (``["+dotprod"]``), RISC-V VLEN, CUDA arch.
+    tuning_log : path or list of paths, optional
+        Tuning logs (files, or folders of ``*.jsonl``) from ``edgecc tune``: kernels with a
+        record for this target and toolchain take its schedule, the others the default rules.
+        A log file tuned for another target is refused.
     log : callable, optional
         Receives one progress line per step.
 
@@ -73,6 +78,14 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
     if not isinstance(model, onnx.ModelProto):
         source = str(model)
         model = load_onnx(model)
+    tuning = None
+    if tuning_log is not None:
+        from edgecc.tuning import TuningRecords
+
+        paths = [tuning_log] if isinstance(tuning_log, (str, os.PathLike)) else list(tuning_log)
+        tuning = TuningRecords(paths, preset)
+        for note in tuning.notes:
+            log(f"tuning log {note}")
 
     timings = {}
     start = time.perf_counter()
@@ -91,7 +104,7 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
 
     start = time.perf_counter()
     try:
-        executable, phases = build_executable(mod, preset)
+        executable, phases = build_executable(mod, preset, tuning)
     except EdgeccError:
         raise
     except Exception as err:  # TVM's errors are long; keep the last line, --debug shows all
@@ -114,6 +127,10 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
     log(f"linked {LIBRARY} for {preset.name} ({preset.arch}) in {timings['link_s']:.1f}s")
 
     manifest = _manifest(source, preset, inputs, outputs, phases, timings, folder / LIBRARY)
+    if tuning is not None:
+        manifest["tuning_records"] = tuning.report()
+        log(f"tuning logs: {manifest['tuning_records']['from_log']} kernels from records, "
+            f"{manifest['tuning_records']['fallback']} by default rules")
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return Bundle(folder, manifest, staging=staging)
 

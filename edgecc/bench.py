@@ -71,7 +71,8 @@ def per_op_times(bundle, inputs: dict[str, np.ndarray]) -> list[tuple[str, int, 
 
 
 def benchmark(model, target: str = "host", *, vs: str | None = "onnxruntime", threads: int | None = None,
-              rounds: int = 5, repeat: int = 10, per_op: bool = False, input_shapes=None) -> BenchResult:
+              rounds: int = 5, repeat: int = 10, per_op: bool = False, input_shapes=None,
+              tuning_log=None) -> BenchResult:
     """Compile ``model`` for the host and time it against ``vs`` on the same inputs.
 
     Parameters
@@ -87,6 +88,8 @@ def benchmark(model, target: str = "host", *, vs: str | None = "onnxruntime", th
         Interleaved rounds, and timed runs per round.
     per_op : bool
         Also time each kernel.
+    tuning_log : path or list of paths, optional
+        Tuning logs for the build (as ``edgecc build --tuning-log``).
     """
     import onnx
 
@@ -100,7 +103,7 @@ def benchmark(model, target: str = "host", *, vs: str | None = "onnxruntime", th
     if rounds < 1 or repeat < 1:
         raise UserInputError("--rounds and --repeat must be at least 1")
     proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
-    bundle = edgecc.compile(proto, target, input_shapes=input_shapes)
+    bundle = edgecc.compile(proto, target, input_shapes=input_shapes, tuning_log=tuning_log)
     return measure(bundle, proto, vs=vs, threads=threads, rounds=rounds, repeat=repeat, per_op=per_op)
 
 

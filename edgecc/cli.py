@@ -42,10 +42,51 @@ def cmd_build(args) -> int:
 
     log = (lambda line: print(f"edgecc: {line}", file=sys.stderr)) if args.verbose else None
     bundle = compile(args.model, args.target, input_shapes=dict(args.input_shape or []),
-                     mcpu=args.mcpu, mattr=args.mattr, vlen=args.vlen, cuda_arch=args.cuda_arch, log=log)
+                     mcpu=args.mcpu, mattr=args.mattr, vlen=args.vlen, cuda_arch=args.cuda_arch,
+                     tuning_log=args.tuning_log, log=log)
     outdir = bundle.save(args.output or Path(args.model).stem + f"-{bundle.target['name']}")
     size = sum(f.stat().st_size for f in outdir.rglob("*") if f.is_file())
     print(f"built {outdir} ({bundle.target['name']}, {bundle.target['arch']}, {size / 1e6:.1f} MB)")
+    tuned = bundle.manifest.get("tuning_records") or {}
+    if tuned:
+        print(f"tuning logs: {tuned['from_log']} kernels from records, {tuned['fallback']} by default rules")
+        for note in tuned["notes"]:
+            print(f"  {note}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from edgecc.tuning import tune
+
+    summary = tune(args.model, args.target, log=args.log, trials=args.trials, time_budget=args.time_budget,
+                   input_shapes=dict(args.input_shape or []), rpc_tracker=args.rpc_tracker,
+                   rpc_key=args.rpc_key, mcpu=args.mcpu, mattr=args.mattr, vlen=args.vlen,
+                   cuda_arch=args.cuda_arch, progress=lambda line: print(f"edgecc tune: {line}", flush=True))
+    print(f"{summary.log}: {len(summary.results)} kernels tuned in {summary.trials} trials, "
+          f"{summary.seconds:.0f}s; their time {summary.estimated_speedup():.2f}x faster than the default rules "
+          f"(weighted by calls)")
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from edgecc.tuning import logs
+
+    needs = {"merge": "output", "export": "output", "import": "into"}.get(args.action)
+    if needs and getattr(args, needs) is None:
+        raise UserInputError(f"edgecc logs {args.action} needs --{needs}")
+
+    if args.action == "show":
+        for path in args.logs:
+            logs.show(path)
+    elif args.action == "merge":
+        logs.merge(args.logs, args.output)
+    elif args.action == "export":
+        logs.export(args.logs[0], args.output, model=args.model, input_shapes=dict(args.input_shape or []))
+    elif args.action == "import":
+        _, rejected = logs.import_log(args.logs[0], args.into)
+        return 1 if rejected else 0
+    elif args.action == "verify":
+        return 1 if sum(logs.verify(path) for path in args.logs) else 0
     return 0
 
 
@@ -99,7 +140,8 @@ def cmd_bench(args) -> int:
     from edgecc.bench import benchmark
 
     result = benchmark(args.model, args.target, vs=args.vs, threads=args.threads, rounds=args.rounds,
-                       repeat=args.repeat, per_op=args.per_op, input_shapes=dict(args.input_shape or []))
+                       repeat=args.repeat, per_op=args.per_op, input_shapes=dict(args.input_shape or []),
+                       tuning_log=args.tuning_log)
     print(f"{Path(args.model).name}: {result.threads} threads, median of {result.rounds} interleaved rounds "
           f"x {result.repeat} runs")
     print(f"  edgecc       {result.edgecc_ms:10.3f} ms")
@@ -134,8 +176,34 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("-o", "--output", metavar="OUTDIR", help="bundle folder (default: <model>-<target>)")
     build.add_argument("--input-shape", action="append", type=_input_shape, metavar="NAME=D0,D1,...",
                        help="bind an input's shape (symbolic dims); repeatable")
+    build.add_argument("--tuning-log", action="append", metavar="PATH",
+                       help="tuning log from `edgecc tune`, or a folder of them; repeatable")
     build.add_argument("--verbose", "-v", action="store_true", help="print each step")
     build.set_defaults(func=cmd_build)
+
+    tune = sub.add_parser("tune", help="auto-tune a model's kernels (MetaSchedule, XGBoost) into a log")
+    tune.add_argument("model", metavar="MODEL.onnx")
+    _add_target_options(tune)
+    tune.add_argument("--log", required=True, metavar="PATH",
+                      help="tuning log (JSON lines); created if absent, kernels already in it are skipped")
+    tune.add_argument("--trials", type=int, help="measurements in all, spread by each kernel's share of latency")
+    tune.add_argument("--time-budget", metavar="DURATION", help="wall time for the run, e.g. 30m, 1.5h, 90s")
+    tune.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on a device behind a TVM RPC tracker")
+    tune.add_argument("--rpc-key", metavar="KEY", help="the device's key at the tracker")
+    tune.add_argument("--input-shape", action="append", type=_input_shape, metavar="NAME=D0,D1,...")
+    tune.set_defaults(func=cmd_tune)
+
+    logs = sub.add_parser("logs", help="show, merge, export, import or verify tuning logs")
+    logs.add_argument("action", choices=["show", "merge", "export", "import", "verify"],
+                      help="show: records; merge: best per kernel into -o; export: a model's records (--model) "
+                      "into -o; import: validate an untrusted log and merge it --into a log; verify: rebuild "
+                      "tuned kernels and compare with the untuned build")
+    logs.add_argument("logs", nargs="+", metavar="LOG")
+    logs.add_argument("-o", "--output", metavar="PATH", help="output log (merge, export)")
+    logs.add_argument("--into", metavar="PATH", help="log to import into (import)")
+    logs.add_argument("--model", metavar="MODEL.onnx", help="export only this model's kernels (export)")
+    logs.add_argument("--input-shape", action="append", type=_input_shape, metavar="NAME=D0,D1,...")
+    logs.set_defaults(func=cmd_logs)
 
     run = sub.add_parser("run", help="run a bundle on .npy inputs (under qemu-user for other arches)")
     run.add_argument("bundle", metavar="OUTDIR")
@@ -160,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--per-op", action="store_true", help="list kernels by time")
     bench.add_argument("--top", type=int, default=15, help="kernels listed with --per-op (default 15)")
     bench.add_argument("--input-shape", action="append", type=_input_shape, metavar="NAME=D0,D1,...")
+    bench.add_argument("--tuning-log", action="append", metavar="PATH", help="tuning log(s) for the build")
     bench.set_defaults(func=cmd_bench)
 
     targets = sub.add_parser("targets", help="list target presets")

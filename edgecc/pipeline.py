@@ -41,7 +41,7 @@ def _backend(preset):
     return cuda_backend if preset.device == "cuda" else cpu_generic
 
 
-def phases(preset, target) -> list[tuple[str, list]]:
+def phases(preset, target, tuning=None) -> list[tuple[str, list]]:
     """The (name, passes) phases for a preset; the one place the order is defined."""
     backend = _backend(preset)
     return [
@@ -50,7 +50,7 @@ def phases(preset, target) -> list[tuple[str, list]]:
         ("legalize", backend.library_dispatch_passes(target) + [
             relax.transform.LegalizeOps(legalize_map(preset)), relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]),
-        ("schedule", schedule_passes(preset)),
+        ("schedule", schedule_passes(preset, tuning)),
         ("lower", backend.dataflow_lower_passes(target) + backend.finalize_passes(target)),
     ]
 
@@ -60,12 +60,15 @@ def _pass_name(p) -> str:
     return info.name if info is not None else type(p).__name__
 
 
-def run_phases(mod: tvm.IRModule, preset, target) -> tuple[tvm.IRModule, list[PhaseRecord]]:
-    """Run every phase under the target; return the lowered module and a record per phase."""
+def run_phases(mod: tvm.IRModule, preset, target, tuning=None,
+               until: str | None = None) -> tuple[tvm.IRModule, list[PhaseRecord]]:
+    """Run every phase under the target (up to and including ``until``); return the module and a
+    record per phase. ``tuning`` (:class:`edgecc.tuning.TuningRecords`) schedules the kernels
+    it has records for."""
     dump_dir = os.environ.get("EDGECC_DUMP_IR")
     records = []
     with target:
-        for index, (name, passes) in enumerate(phases(preset, target), start=1):
+        for index, (name, passes) in enumerate(phases(preset, target, tuning), start=1):
             start = time.perf_counter()
             mod = tvm.transform.Sequential(passes)(mod)
             prim_funcs = sum(isinstance(f, tvm.tirx.PrimFunc) for f in mod.functions.values())
@@ -75,12 +78,33 @@ def run_phases(mod: tvm.IRModule, preset, target) -> tuple[tvm.IRModule, list[Ph
             if dump_dir:
                 Path(dump_dir).mkdir(parents=True, exist_ok=True)
                 (Path(dump_dir) / f"{index}_{name}.py").write_text(mod.script())
+            if name == until:
+                break
     return mod, records
 
 
-def build_executable(mod: tvm.IRModule, preset):
+def kernels(mod: tvm.IRModule, preset) -> dict[str, tuple[tvm.tirx.PrimFunc, int]]:
+    """The fused, unscheduled kernels a build would schedule: ``{name: (PrimFunc, calls)}``,
+    ``calls`` being how many times the model's graph calls it."""
+    fused, _ = run_phases(mod, preset, preset.tvm_target(), until="legalize")
+    calls: dict[str, int] = {}
+
+    def visit(node):
+        if isinstance(node, relax.Call):
+            for arg in node.args:
+                if isinstance(arg, tvm.ir.GlobalVar):
+                    calls[arg.name_hint] = calls.get(arg.name_hint, 0) + 1
+
+    for func in fused.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return {gvar.name_hint: (func, calls.get(gvar.name_hint, 1)) for gvar, func in fused.functions_items()
+            if isinstance(func, tvm.tirx.PrimFunc)}
+
+
+def build_executable(mod: tvm.IRModule, preset, tuning=None):
     """Compile an imported module for a preset into a ``relax.VMExecutable``."""
     target = preset.tvm_target()
-    lowered, records = run_phases(mod, preset, target)
+    lowered, records = run_phases(mod, preset, target, tuning)
     executable = relax.build(lowered, target, relax_pipeline=None)
     return executable, records

@@ -42,30 +42,63 @@ def legalize_map(preset) -> dict:
     return legalizers
 
 
-def schedule_cpu_func(func: tirx.PrimFunc, lanes: int, partial_tiles: bool = True) -> tuple[tirx.PrimFunc, str]:
-    """Schedule one PrimFunc with the CPU rules; returns it and the rule that applied.
+def schedule_cpu(sch: Schedule, lanes: int, partial_tiles: bool = True,
+                 choices: cpu.Choices = cpu.DEFAULT_CHOICES) -> str | None:
+    """Schedule one PrimFunc in place with the CPU rules; returns the rule that applied, or None
+    when ``choices`` names a variant that does not apply to this kernel.
     ``partial_tiles=False`` keeps register tiles exact divisors (RVV cannot lower predicated
     vector loops)."""
-    sch = Schedule(func)
     main = cpu.main_reduction(sch)
     if main is not None:
         name = sch.get(main).annotations.get("edgecc.kernel") or sch.get(main).name_hint
-        done = cpu.tiled_reduction(sch, main, lanes, partial_tiles)
+        done = cpu.tiled_reduction(sch, main, lanes, partial_tiles, choices)
         if done:
             rule = f"tiled-reduction[{name}]"
+        elif choices.variant:
+            return None
         else:
             cpu.row_reduction(sch, main, lanes)
             rule, done = f"row-reduction[{name}]", [main]
         cpu.schedule_other_blocks(sch, lanes, done, partial_tiles)
+    elif choices.variant:
+        return None
     else:
         cpu.inline_spatial_blocks(sch)
         cpu.schedule_other_blocks(sch, lanes, [], partial_tiles)
         rule = "injective"
+    return rule
+
+
+def schedule_cpu_func(func: tirx.PrimFunc, lanes: int, partial_tiles: bool = True) -> tuple[tirx.PrimFunc, str]:
+    """Schedule one PrimFunc with the default CPU rules; returns it and the rule that applied."""
+    sch = Schedule(func)
+    rule = schedule_cpu(sch, lanes, partial_tiles)
     return sch.mod["main"], rule
 
 
-def ScheduleCPU(preset):  # noqa: N802 (TVM pass naming)
-    """Pass: schedule every PrimFunc of the module with the CPU rules, recording the rule."""
+def _tuned(gvar, func: tirx.PrimFunc, tuning) -> tirx.PrimFunc | None:
+    """The kernel scheduled by its tuning record's trace, if ``tuning`` has one that replays."""
+    if tuning is None:
+        return None
+    record = tuning.lookup(gvar.name_hint, func)
+    if record is None:
+        return None
+    from tvm.s_tir.schedule import Trace
+
+    sch = Schedule(func)
+    try:
+        Trace.apply_json_to_schedule(record["trace"], sch)
+    except Exception as err:  # noqa: BLE001 -- a record that does not replay falls back
+        tuning.failed(gvar.name_hint, f"{type(err).__name__}")
+        return None
+    tuning.used(gvar.name_hint, record)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr(
+        RULE_ATTR, f"tuned ({record['latency_us']:.1f} us, default rule {record['default_us']:.1f} us)")
+
+
+def ScheduleCPU(preset, tuning=None):  # noqa: N802 (TVM pass naming)
+    """Pass: schedule every PrimFunc of the module: from its tuning record if ``tuning`` has one
+    for it, else with the CPU rules; recording which."""
     lanes = fp32_lanes(preset)
     partial_tiles = preset.arch != "riscv64"
 
@@ -74,6 +107,10 @@ def ScheduleCPU(preset):  # noqa: N802 (TVM pass naming)
         updates = {}
         for gvar, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc) or RULE_ATTR in (func.attrs or {}):
+                continue
+            tuned = _tuned(gvar, func, tuning)
+            if tuned is not None:
+                updates[gvar] = tuned
                 continue
             try:
                 new, rule = schedule_cpu_func(func, lanes, partial_tiles)
@@ -87,8 +124,8 @@ def ScheduleCPU(preset):  # noqa: N802 (TVM pass naming)
     return _pass
 
 
-def ScheduleGPU():  # noqa: N802 (TVM pass naming)
-    """Pass: dlight's GPU rules in order (matmul, which also takes conv2d by normalising it
+def ScheduleGPU(tuning=None):  # noqa: N802 (TVM pass naming)
+    """Pass: a kernel's tuning record if ``tuning`` has one, else dlight's GPU rules in order (matmul, which also takes conv2d by normalising it
     to a GEMM; GEMV; reductions; a thread-binding fallback), recording which one applied."""
     from tvm.s_tir import dlight as dl
 
@@ -113,6 +150,10 @@ def ScheduleGPU():  # noqa: N802 (TVM pass naming)
         for gvar, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc) or RULE_ATTR in (func.attrs or {}):
                 continue
+            tuned = _tuned(gvar, func, tuning)
+            if tuned is not None:
+                updates[gvar] = tuned
+                continue
             for name, rule in rules:
                 space = rule.apply(func, target, False)
                 if space is None:
@@ -128,9 +169,10 @@ def ScheduleGPU():  # noqa: N802 (TVM pass naming)
     return _pass
 
 
-def schedule_passes(preset) -> list:
-    """The schedule phase of the pipeline for a target preset (a list of TVM passes)."""
-    return [ScheduleGPU()] if preset.device == "cuda" else [ScheduleCPU(preset)]
+def schedule_passes(preset, tuning=None) -> list:
+    """The schedule phase of the pipeline for a target preset (a list of TVM passes);
+    ``tuning`` (:class:`edgecc.tuning.TuningRecords`) supplies tuned schedules."""
+    return [ScheduleGPU(tuning)] if preset.device == "cuda" else [ScheduleCPU(preset, tuning)]
 
 
 def schedule_report(mod: tvm.IRModule) -> dict[str, str]:

@@ -167,9 +167,47 @@ def row_reduction(sch: Schedule, block, lanes: int) -> None:
         sch.parallel(outer)
 
 
-def tiled_reduction(sch: Schedule, block, lanes: int, partial_tiles: bool = True) -> list:
+class Choices:
+    """Where a rule's tunable choices come from.
+
+    The untuned build takes every choice's default. Tuning (``sample=True``) makes each choice a
+    categorical decision in the schedule's trace, starting at the default, that MetaSchedule's
+    search mutates; ``variant`` picks the loop order (one design space per variant)."""
+
+    def __init__(self, sample: bool = False, variant: int = 0):
+        self.sample, self.variant = sample, variant
+
+    def pick(self, sch: Schedule, candidates: list[int], default: int):
+        if not self.sample or len(candidates) < 2:
+            return default
+        candidates = sorted(set(candidates) | {default})
+        return sch.sample_categorical(candidates, [1.0 / len(candidates)] * len(candidates),
+                                      decision=candidates.index(default))
+
+
+DEFAULT_CHOICES = Choices()
+# Loop orders of a register-tiled reduction, outside the reduction and the tile (``outer`` are the
+# spatial axes before the two innermost): 0 keeps a block of output channels in a thread's cache
+# across the spatial loops; 1 and 2 keep a spatial tile's inputs across the channel blocks; 3
+# tiles the two inner spatial axes together (small feature maps: 7x7, 14x14).
+TILED_VARIANTS = 4
+UNROLL_STEPS = [0, 16, 64, 512]
+
+
+def _row_block_candidates(extent: int, limit: int, partial_tiles: bool) -> list[int]:
+    stretch = limit + limit // 3
+    divisors = [d for d in range(1, min(extent, stretch) + 1) if extent % d == 0]
+    if not partial_tiles:
+        return divisors[-6:]
+    even = {-(-extent // tiles) for tiles in range(1, extent + 1)}
+    return sorted({d for d in divisors[-4:]} | {e for e in even if limit // 3 <= e <= stretch})
+
+
+def tiled_reduction(sch: Schedule, block, lanes: int, partial_tiles: bool = True,
+                    choices: Choices = DEFAULT_CHOICES) -> list:
     """Register-tiled, vectorised, parallel schedule of a reduction with a contiguous output axis.
-    Returns the blocks it scheduled (empty when the block does not fit the rule)."""
+    Returns the blocks it scheduled (empty when the block does not fit the rule, or the variant
+    does not apply to it)."""
     loops = _perfect_loops(sch, block)
     vec_axis = _contiguous_axis(sch, block)
     kinds = _iter_kinds(sch, block)
@@ -181,20 +219,29 @@ def tiled_reduction(sch: Schedule, block, lanes: int, partial_tiles: bool = True
         return []
     if not _contiguous_in_some_input(sch, block, vec_axis) or not (partial_tiles or _rvv_safe(sch, block)):
         return []  # e.g. softmax's row max: the lanes would gather across rows
+    variant = choices.variant
+    if len(spatial) < {0: 1, 1: 4, 2: 2, 3: 3}[variant]:
+        return []  # the variant's loop order is one an earlier variant already has
     vec_extent = _extent(sch, loops[vec_axis])
     vb = _vector_block(sch, block, vec_extent, lanes)
     vectors = max(1, -(-vb // lanes))
     reg_axis = spatial[-2] if len(spatial) >= 2 else None
-    outer_axes = spatial[:-2]
+    outer = [loops[i] for i in spatial[:-2]]
+    reg_loop = loops[reg_axis] if reg_axis is not None else None
+    if variant == 3:  # the two inner spatial axes as one row axis
+        reg_loop = sch.fuse(outer.pop(), reg_loop)
 
     vec_o, vec_i = sch.split(loops[vec_axis], [None, vb])
-    if reg_axis is not None:
-        rb = _choose_reg_block(_extent(sch, loops[reg_axis]), max(1, ACCUMULATORS // vectors), partial_tiles)
-        reg_o, reg_i = sch.split(loops[reg_axis], [None, rb])
+    if reg_loop is not None:
+        extent, limit = _extent(sch, reg_loop), max(1, ACCUMULATORS // vectors)
+        default = _choose_reg_block(extent, limit, partial_tiles)
+        rb = choices.pick(sch, _row_block_candidates(extent, limit, partial_tiles), default)
+        reg_o, reg_i = sch.split(reg_loop, [None, rb])
     else:
         reg_o = reg_i = None
-    outer = [loops[i] for i in outer_axes]
-    order = outer[:1] + [vec_o] + outer[1:] + ([reg_o] if reg_o is not None else [])
+    rows = [reg_o] if reg_o is not None else []
+    order = {0: outer[:1] + [vec_o] + outer[1:] + rows, 1: outer + [vec_o] + rows,
+             2: outer + rows + [vec_o], 3: outer + [vec_o] + rows}[variant]
     tile = ([reg_i] if reg_i is not None else []) + [vec_i]
     sch.reorder(*order, *[loops[i] for i in reduce], *tile)
 
@@ -214,6 +261,9 @@ def tiled_reduction(sch: Schedule, block, lanes: int, partial_tiles: bool = True
     _vectorize_tile(sch, vec_i, reg_i, lanes)
     wb_loops = sch.get_loops(writeback)
     _vectorize_tile(sch, wb_loops[-1], wb_loops[-2] if reg_i is not None else None, lanes)
+    if choices.sample:
+        sch.annotate(anchor, "pragma_auto_unroll_max_step", choices.pick(sch, UNROLL_STEPS, 0))
+        sch.annotate(anchor, "pragma_unroll_explicit", 1)
 
     parallel_loops = order[:-1] if reg_o is not None else order
     if parallel_loops:

@@ -1,0 +1,321 @@
+"""Tuning a model's kernels with MetaSchedule, into an edgecc tuning log.
+
+1. The model is imported and legalized as a build would, giving its fused kernels (tasks),
+   each with how often the graph calls it.
+2. Tasks whose record is already in the log are skipped (a rerun resumes).
+3. Every remaining tunable task's default schedule is measured once; a task's share of the
+   model's latency is its default time times its calls.
+4. Trials (``trials``), or time (``time_budget``), are spread by share, largest first. Each
+   task is searched by MetaSchedule's evolutionary search guided by an XGBoost cost model
+   (one model shared by all tasks, so it learns across them), measured by a local runner or
+   through a TVM RPC tracker.
+5. Each task's best schedule, or the default if nothing beat it, is appended to the log as
+   soon as the task is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.schedule import Schedule
+
+from edgecc.errors import UserInputError
+from edgecc.schedules import cpu, fp32_lanes, schedule_cpu
+from edgecc.tuning.log import TuningLog, kernel_script, new_header, read_log, workload_key
+from edgecc.tuning.space import has_decisions, space_generator
+
+MIN_TRIALS = 4  # a task that would get fewer is left at its default schedule
+EVALUATOR = {"number": 3, "repeat": 3, "min_repeat_ms": 40}
+
+
+@dataclasses.dataclass
+class Task:
+    name: str
+    key: str
+    func: tvm.tirx.PrimFunc
+    calls: int
+    default_us: float = 0.0
+    default_trace: list | None = None
+    trials: int = 0
+
+    @property
+    def share_us(self) -> float:
+        return self.default_us * self.calls
+
+
+@dataclasses.dataclass
+class TaskResult:
+    name: str
+    calls: int
+    trials: int
+    default_us: float
+    best_us: float
+    seconds: float
+
+
+@dataclasses.dataclass
+class TuneSummary:
+    log: Path
+    kernels: int
+    already_tuned: int
+    untunable: int
+    results: list[TaskResult]
+    seconds: float
+    trials: int
+
+    def estimated_speedup(self) -> float:
+        before = sum(r.default_us * r.calls for r in self.results)
+        after = sum(r.best_us * r.calls for r in self.results)
+        return before / after if after else 1.0
+
+
+def parse_duration(text: str) -> float:
+    """``90s``, ``30m``, ``1.5h`` or plain seconds -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        raise UserInputError(f"time budget {text!r}: expected e.g. 90s, 30m or 1.5h") from None
+
+
+def _rpc_runner(tracker: str, key: str):
+    host, sep, port = tracker.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserInputError(f"--rpc-tracker {tracker!r}: expected HOST:PORT")
+    try:
+        summary = tvm.rpc.connect_tracker(host, int(port)).summary()
+    except Exception as err:  # noqa: BLE001 -- any failure to reach it is the same for the user
+        raise UserInputError(f"cannot reach the RPC tracker at {tracker}: {err}") from None
+    keys = {k for k in summary.get("queue_info", {})}
+    if key not in keys:
+        raise UserInputError(f"RPC tracker {tracker} has no device with key '{key}' "
+                             f"(keys: {', '.join(sorted(keys)) or 'none'}); start one with "
+                             f"python -m tvm.exec.rpc_server --tracker {tracker} --key {key}")
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=key,
+                                 session_timeout_sec=120)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR))
+
+
+def _register_cross_export() -> None:
+    """Builder-worker initializer: ``edgecc.tuning.export`` links a kernel into a shared library
+    with the compiler in ``$EDGECC_TUNE_CXX`` (the target's cross compiler)."""
+    from tvm.support.cc import cross_compiler
+
+    @tvm.register_global_func("edgecc.tuning.export", override=True)
+    def export(mod):
+        path = os.path.join(tempfile.mkdtemp(prefix="edgecc-tune-"), "kernel.so")
+        mod.export_library(path, fcompile=cross_compiler(os.environ["EDGECC_TUNE_CXX"]))
+        return path
+
+
+def _builder(preset, remote: bool):
+    if remote:
+        os.environ["EDGECC_TUNE_CXX"] = preset.require_toolchain()
+        return ms.builder.LocalBuilder(f_export="edgecc.tuning.export", initializer=_register_cross_export)
+    return ms.builder.LocalBuilder()
+
+
+def _default_schedule(task: Task, preset) -> Schedule:
+    """The default rule as a point of the tuning space (its decisions at their defaults)."""
+    sch = Schedule(task.func)
+    schedule_cpu(sch, fp32_lanes(preset), preset.arch != "riscv64", cpu.Choices(sample=True))
+    return sch
+
+
+def _measure_defaults(tasks: list[Task], preset, target, builder, runner) -> None:
+    """Default-schedule latency (us) of each task, one batch through the builder and runner."""
+    schedules = [_default_schedule(task, preset) for task in tasks]
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target) for sch in schedules])
+    futures = [runner.run([ms.runner.RunnerInput(b.artifact_path, "cpu",
+                                                 ms.arg_info.ArgInfo.from_prim_func(task.func))])[0]
+               if b.error_msg is None else None for b, task in zip(built, tasks)]
+    for task, sch, future in zip(tasks, schedules, futures):
+        task.default_trace = plain_json(sch.trace.as_json())
+        result = future.result() if future is not None else None
+        if result is None or result.error_msg is not None or not result.run_secs:
+            task.default_us = float("nan")
+            continue
+        secs = [float(s) for s in result.run_secs]
+        task.default_us = sum(secs) / len(secs) * 1e6
+
+
+def allocate(tasks: list[Task], total: int) -> None:
+    """Spread ``total`` trials over tasks by their share of the model's latency."""
+    shares = sum(t.share_us for t in tasks) or 1.0
+    for task in tasks:
+        trials = round(total * task.share_us / shares)
+        task.trials = trials if trials >= MIN_TRIALS else 0
+
+
+def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = None,
+         time_budget: str | float | None = None, input_shapes=None, rpc_tracker: str | None = None,
+         rpc_key: str | None = None, mcpu=None, mattr=None, vlen=None, cuda_arch=None,
+         progress: Callable[[str], None] = print, seed: int = 0) -> TuneSummary:
+    """Tune a model's kernels for a target; records go to the JSON-lines log at ``log``.
+
+    Parameters
+    ----------
+    model : path or onnx.ModelProto
+    target : str
+        A preset name (``edgecc targets``).
+    log : path
+        The tuning log, created if absent; its records are not retuned.
+    trials : int, optional
+        Measurements in all, spread by each task's share of the model's latency.
+    time_budget : str or seconds, optional
+        Wall time for the whole run (``30m``), spread the same way; with ``trials`` too, both
+        limits hold.
+    rpc_tracker, rpc_key : optional
+        Measure on a device registered with a TVM RPC tracker (``HOST:PORT``) under ``KEY``.
+    """
+    import onnx
+
+    from edgecc.frontend import import_onnx, load_onnx
+    from edgecc.pipeline import kernels
+    from edgecc.targets import get_target
+
+    start = time.monotonic()
+    if trials is None and time_budget is None:
+        raise UserInputError("give --trials N or --time-budget (e.g. 30m), or both")
+    budget_s = parse_duration(time_budget) if isinstance(time_budget, str) else time_budget
+    if (rpc_tracker is None) != (rpc_key is None):
+        raise UserInputError("--rpc-tracker and --rpc-key go together")
+    preset = get_target(target, mcpu=mcpu, mattr=mattr, vlen=vlen, cuda_arch=cuda_arch)
+    import platform
+
+    if rpc_tracker is None and preset.arch != platform.machine():
+        raise UserInputError(f"tuning for {preset.name} ({preset.arch}) measures on the device: give "
+                             f"--rpc-tracker HOST:PORT --rpc-key KEY of an RPC server running on it")
+    if preset.device == "cuda" and rpc_tracker is None:
+        raise UserInputError("tuning for CUDA measures on the GPU through an RPC server: give --rpc-tracker and --rpc-key")
+    if not isinstance(model, onnx.ModelProto):
+        model = load_onnx(model)
+
+    header = new_header(preset, {"rpc_key": rpc_key, "tracker": rpc_tracker} if rpc_tracker else None)
+    log_path = Path(log)
+    if log_path.exists():
+        tuning_log, _ = read_log(log_path)
+        why = TuningLog(None, header).compatible_with(tuning_log.header)
+        if why:
+            raise UserInputError(f"tuning log {log_path} cannot take records for {preset.name}: {why}; "
+                                 f"use another --log")
+    else:
+        tuning_log = TuningLog(log_path, header)
+
+    mod, _, _ = import_onnx(model, input_shapes)
+    found = kernels(mod, preset)
+    tasks, untunable = {}, 0
+    for name, (func, calls) in found.items():
+        func = func.with_attr("global_symbol", "main")  # MetaSchedule's builder exports it as main
+        key = workload_key(func)
+        if key in tasks:
+            tasks[key].calls += calls
+            continue
+        if preset.device == "cpu" and not has_decisions(_default_schedule(Task(name, key, func, calls), preset)):
+            untunable += 1
+            continue
+        tasks[key] = Task(name, key, func, calls)
+    already = [t for t in tasks.values() if t.key in tuning_log.records]
+    todo = [t for t in tasks.values() if t.key not in tuning_log.records]
+    progress(f"{len(found)} kernels: {len(tasks)} tunable, {len(already)} already in {log_path}, "
+             f"{untunable} with nothing to tune (elementwise/layout)")
+    summary = TuneSummary(log_path, len(found), len(already), untunable, [], 0.0, 0)
+    if not todo:
+        summary.seconds = time.monotonic() - start
+        return summary
+
+    target_obj = preset.tvm_target()
+    builder = _builder(preset, rpc_tracker is not None)
+    runner = _rpc_runner(rpc_tracker, rpc_key) if rpc_tracker else \
+        ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR))
+    measured_at = time.monotonic()
+    _measure_defaults(todo, preset, target_obj, builder, runner)
+    todo = [t for t in todo if t.default_us == t.default_us]  # NaN: the default did not run
+    per_trial_s = max(0.5, 1.5 * (time.monotonic() - measured_at) / max(len(todo), 1))
+    todo.sort(key=lambda t: -t.share_us)
+    total_trials = trials if trials is not None else 10**9
+    if budget_s is not None:
+        left = budget_s - (time.monotonic() - start)
+        total_trials = min(total_trials, int(left / per_trial_s))
+    allocate(todo, total_trials)
+    planned = [t for t in todo if t.trials]
+    total_share = sum(t.share_us for t in todo) or 1.0
+    progress(f"tuning {len(planned)} tasks, {sum(t.trials for t in planned)} trials"
+             + (f", budget {budget_s:.0f}s" if budget_s is not None else ""))
+
+    cost_model = ms.cost_model.XGBModel(num_warmup_samples=16, verbose_eval=0)
+    measure = {"runner": f"rpc:{rpc_key}" if rpc_tracker else "local", **EVALUATOR, "statistic": "mean",
+               "threads": os.environ.get("TVM_NUM_THREADS", str(os.cpu_count()))}
+    for index, task in enumerate(planned, start=1):
+        task_start = time.monotonic()
+        n = task.trials
+        if budget_s is not None:  # recompute from what is left and what a trial really costs
+            left = budget_s - (task_start - start)
+            share = task.share_us / (sum(t.share_us for t in planned[index - 1:]) or 1.0)
+            n = min(n, int(left * share / per_trial_s))
+            if n < MIN_TRIALS:
+                progress(f"[{index}/{len(planned)}] {task.name}: time budget spent, left at its default")
+                continue
+        best_us, best_trace = _tune_task(task, n, preset, target_obj, builder, runner, cost_model, seed)
+        spent = time.monotonic() - task_start
+        per_trial_s = 0.5 * per_trial_s + 0.5 * spent / n
+        if best_us is None or best_us >= task.default_us:
+            best_us, best_trace = task.default_us, task.default_trace
+        tuning_log.append({"workload": task.key, "kernel": task.name, "latency_us": round(best_us, 3),
+                           "default_us": round(task.default_us, 3), "trials": n, "measured": measure,
+                           "trace": best_trace, "func": kernel_script(task.func)})
+        summary.results.append(TaskResult(task.name, task.calls, n, task.default_us, best_us, spent))
+        summary.trials += n
+        elapsed = time.monotonic() - start
+        remaining = sum(t.trials for t in planned[index:]) * per_trial_s
+        if budget_s is not None:
+            remaining = min(remaining, max(budget_s - elapsed, 0))
+        progress(f"[{index}/{len(planned)}] {task.name} ({100 * task.share_us / total_share:.1f}% of latency, "
+                 f"x{task.calls}): {n} trials, best {best_us:.1f} us (default {task.default_us:.1f} us, "
+                 f"{task.default_us / best_us:.2f}x); {elapsed:.0f}s elapsed, ~{remaining:.0f}s left")
+    summary.seconds = time.monotonic() - start
+    return summary
+
+
+def plain_json(obj):
+    """A MetaSchedule trace's JSON (TVM arrays, maps, IntImm/FloatImm) as plain Python values."""
+    if isinstance(obj, (str, bool, int, float)) or obj is None:
+        return obj
+    if hasattr(obj, "items"):
+        return {str(k): plain_json(v) for k, v in obj.items()}
+    if isinstance(obj, tvm.tirx.IntImm):
+        return int(obj.value)
+    if isinstance(obj, tvm.tirx.FloatImm):
+        return float(obj.value)
+    if hasattr(obj, "__len__") and hasattr(obj, "__getitem__"):
+        return [plain_json(x) for x in obj]
+    return str(obj)
+
+
+def _tune_task(task: Task, trials: int, preset, target, builder, runner, cost_model, seed):
+    """MetaSchedule search on one task; returns (best us, best trace JSON) or (None, None)."""
+    mod = tvm.IRModule({"main": task.func})
+    context = ms.TuneContext(
+        mod=mod, target=target, space_generator=space_generator(preset),
+        search_strategy=ms.search_strategy.EvolutionarySearch(
+            population_size=64, init_min_unmeasured=16, genetic_num_iters=2, max_fail_count=3),
+        task_name=task.name, rand_state=seed, num_threads=1)
+    database = ms.database.MemoryDatabase()
+    with tempfile.TemporaryDirectory(prefix="edgecc-tune-") as work_dir:
+        ms.tune_tasks(tasks=[context], task_weights=[1.0], work_dir=work_dir, max_trials_global=trials,
+                      num_trials_per_iter=min(trials, 16), builder=builder, runner=runner, database=database,
+                      cost_model=cost_model, task_scheduler="round-robin")
+    best = database.get_top_k(database.commit_workload(mod), 1)
+    if not best or not best[0].run_secs:
+        return None, None
+    secs = [float(s) for s in best[0].run_secs]
+    return sum(secs) / len(secs) * 1e6, plain_json(best[0].trace.as_json())
