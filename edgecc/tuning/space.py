@@ -5,9 +5,7 @@ loop-order variant that applies to it; within each, the register tile's rows and
 depth are categorical decisions starting at the default rule's values. The default schedule is
 one point of the space, so tuning starts from it, and a tuned kernel is never the default
 rule's worse. Kernels with no decisions (elementwise, layout) have nothing to tune.
-
-On CUDA the space is MetaSchedule's own (multi-level tiling with shared memory and thread
-binding), as dlight's defaults are not parameterised.
+(CUDA kernels get dlight's rules, which edgecc has not parameterised: no space yet.)
 """
 
 from __future__ import annotations
@@ -63,15 +61,7 @@ def has_decisions(sch: Schedule) -> bool:
 
 
 def space_generator(preset):
-    """The MetaSchedule space generator for a preset's kernels."""
-    if preset.device == "cuda":
-        return ms.space_generator.PostOrderApply(sch_rules="cuda", postprocs="cuda", mutator_probs="cuda")
+    """The MetaSchedule space generator for a CPU preset's kernels."""
     return ms.space_generator.ScheduleFn(cpu_spaces(preset), sch_rules=[], postprocs=[],
                                          mutator_probs={MutateCategorical(): 1.0})
 
-
-def is_tunable(func, preset) -> bool:
-    """Whether a kernel's space has decisions to search (CUDA: every kernel)."""
-    if preset.device == "cuda":
-        return True
-    return any(has_decisions(s) for s in cpu_spaces(preset)(Schedule(func)))

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tempfile
 import time
@@ -80,17 +81,24 @@ def parse_duration(text: str) -> float:
     """``90s``, ``30m``, ``1.5h`` or plain seconds -> seconds."""
     units = {"s": 1, "m": 60, "h": 3600}
     try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
+        seconds = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
     except ValueError:
-        raise UserInputError(f"time budget {text!r}: expected e.g. 90s, 30m or 1.5h") from None
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise UserInputError(f"time budget {text!r}: expected a positive duration, e.g. 90s, 30m or 1.5h")
+    return seconds
 
 
 def _rpc_runner(tracker: str, key: str):
+    import socket
+
     host, sep, port = tracker.rpartition(":")
     if not sep or not port.isdigit():
         raise UserInputError(f"--rpc-tracker {tracker!r}: expected HOST:PORT")
+    try:  # fail in seconds, not after TVM's minute of retries
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise UserInputError(f"cannot reach the RPC tracker at {tracker}: {err}") from None
     try:
         summary = tvm.rpc.connect_tracker(host, int(port)).summary()
     except Exception as err:  # noqa: BLE001 -- any failure to reach it is the same for the user
@@ -195,10 +203,13 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
     if rpc_tracker is None and preset.arch != platform.machine():
         raise UserInputError(f"tuning for {preset.name} ({preset.arch}) measures on the device: give "
                              f"--rpc-tracker HOST:PORT --rpc-key KEY of an RPC server running on it")
-    if preset.device == "cuda" and rpc_tracker is None:
-        raise UserInputError("tuning for CUDA measures on the GPU through an RPC server: give --rpc-tracker and --rpc-key")
+    if preset.device != "cpu":
+        raise UserInputError(f"tuning supports CPU targets; {preset.name} builds use dlight's default "
+                             f"GPU schedules, which have no tunable space in edgecc yet")
     if not isinstance(model, onnx.ModelProto):
         model = load_onnx(model)
+    runner = _rpc_runner(rpc_tracker, rpc_key) if rpc_tracker else \
+        ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR))
 
     header = new_header(preset, {"rpc_key": rpc_key, "tracker": rpc_tracker} if rpc_tracker else None)
     log_path = Path(log)
@@ -210,6 +221,7 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
                                  f"use another --log")
     else:
         tuning_log = TuningLog(log_path, header)
+        tuning_log.write(log_path)  # exists from the start, even if no kernel gets a record
 
     mod, _, _ = import_onnx(model, input_shapes)
     found = kernels(mod, preset)
@@ -220,7 +232,7 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
         if key in tasks:
             tasks[key].calls += calls
             continue
-        if preset.device == "cpu" and not has_decisions(_default_schedule(Task(name, key, func, calls), preset)):
+        if not has_decisions(_default_schedule(Task(name, key, func, calls), preset)):
             untunable += 1
             continue
         tasks[key] = Task(name, key, func, calls)
@@ -235,8 +247,6 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
 
     target_obj = preset.tvm_target()
     builder = _builder(preset, rpc_tracker is not None)
-    runner = _rpc_runner(rpc_tracker, rpc_key) if rpc_tracker else \
-        ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR))
     measured_at = time.monotonic()
     _measure_defaults(todo, preset, target_obj, builder, runner)
     todo = [t for t in todo if t.default_us == t.default_us]  # NaN: the default did not run
@@ -253,8 +263,9 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
              + (f", budget {budget_s:.0f}s" if budget_s is not None else ""))
 
     cost_model = ms.cost_model.XGBModel(num_warmup_samples=16, verbose_eval=0)
-    measure = {"runner": f"rpc:{rpc_key}" if rpc_tracker else "local", **EVALUATOR, "statistic": "mean",
-               "threads": os.environ.get("TVM_NUM_THREADS", str(os.cpu_count()))}
+    measure = {"runner": f"rpc:{rpc_key}" if rpc_tracker else "local", **EVALUATOR, "statistic": "mean"}
+    if rpc_tracker is None:
+        measure["threads"] = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
     for index, task in enumerate(planned, start=1):
         task_start = time.monotonic()
         n = task.trials
@@ -265,9 +276,9 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
             if n < MIN_TRIALS:
                 progress(f"[{index}/{len(planned)}] {task.name}: time budget spent, left at its default")
                 continue
-        best_us, best_trace = _tune_task(task, n, preset, target_obj, builder, runner, cost_model, seed)
+        best_us, best_trace, n = _tune_task(task, n, preset, target_obj, builder, runner, cost_model, seed)
         spent = time.monotonic() - task_start
-        per_trial_s = 0.5 * per_trial_s + 0.5 * spent / n
+        per_trial_s = 0.5 * per_trial_s + 0.5 * spent / max(n, 1)
         if best_us is None or best_us >= task.default_us:
             best_us, best_trace = task.default_us, task.default_trace
         tuning_log.append({"workload": task.key, "kernel": task.name, "latency_us": round(best_us, 3),
@@ -302,7 +313,8 @@ def plain_json(obj):
 
 
 def _tune_task(task: Task, trials: int, preset, target, builder, runner, cost_model, seed):
-    """MetaSchedule search on one task; returns (best us, best trace JSON) or (None, None)."""
+    """MetaSchedule search on one task: (best us, best trace JSON, candidates measured); the first
+    two are None when nothing ran. The search stops early once the space is exhausted."""
     mod = tvm.IRModule({"main": task.func})
     context = ms.TuneContext(
         mod=mod, target=target, space_generator=space_generator(preset),
@@ -314,8 +326,9 @@ def _tune_task(task: Task, trials: int, preset, target, builder, runner, cost_mo
         ms.tune_tasks(tasks=[context], task_weights=[1.0], work_dir=work_dir, max_trials_global=trials,
                       num_trials_per_iter=min(trials, 16), builder=builder, runner=runner, database=database,
                       cost_model=cost_model, task_scheduler="round-robin")
+    measured = len(database.get_all_tuning_records())
     best = database.get_top_k(database.commit_workload(mod), 1)
     if not best or not best[0].run_secs:
-        return None, None
+        return None, None, measured
     secs = [float(s) for s in best[0].run_secs]
-    return sum(secs) / len(secs) * 1e6, plain_json(best[0].trace.as_json())
+    return sum(secs) / len(secs) * 1e6, plain_json(best[0].trace.as_json()), measured
