@@ -29,6 +29,7 @@ from .compute import output_block
 DATA_PAR, REDUCE = tirx.IterVar.DataPar, tirx.IterVar.CommReduce
 ACCUMULATORS = 24  # vector registers a tile may hold: 32 on AVX-512, NEON and RVV, minus operands
 PARALLEL_MIN_ELEMENTS = 4096  # below this, a parallel launch costs more than it saves
+PARALLEL_MIN_MACS = 32768  # the same for a reduction: multiply-adds in all (a 1x16 by 16x10 Gemm: 160)
 
 
 def _extent(sch: Schedule, loop) -> int | None:
@@ -266,7 +267,10 @@ def tiled_reduction(sch: Schedule, block, lanes: int, partial_tiles: bool = True
         sch.annotate(anchor, "pragma_unroll_explicit", 1)
 
     parallel_loops = order[:-1] if reg_o is not None else order
-    if parallel_loops:
+    macs = 1
+    for iv in sch.get(block).iter_vars:
+        macs *= int(iv.dom.extent) if hasattr(iv.dom.extent, "value") else PARALLEL_MIN_MACS
+    if parallel_loops and macs >= PARALLEL_MIN_MACS:
         fused = sch.fuse(*parallel_loops) if len(parallel_loops) > 1 else parallel_loops[0]
         if (_extent(sch, fused) or 0) >= 2:
             sch.parallel(fused)
