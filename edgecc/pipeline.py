@@ -20,7 +20,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.relax.backend.cuda import pipeline as cuda_backend
 
 from edgecc.passes import graph_passes
-from edgecc.schedules import legalize_map, schedule_passes, schedule_report
+from edgecc.schedules import legalize_map, schedule_passes, schedule_report, winograd
 
 
 @dataclasses.dataclass
@@ -41,14 +41,15 @@ def _backend(preset):
     return cuda_backend if preset.device == "cuda" else cpu_generic
 
 
-def phases(preset, target, tuning=None) -> list[tuple[str, list]]:
-    """The (name, passes) phases for a preset; the one place the order is defined."""
+def phases(preset, target, tuning=None, conv_policy=None) -> list[tuple[str, list]]:
+    """The (name, passes) phases for a preset; the one place the order is defined.
+    ``conv_policy`` (:class:`edgecc.schedules.winograd.Policy`) picks Winograd or direct 3x3 convs."""
     backend = _backend(preset)
     return [
         ("graph", graph_passes(preset)),
         # The CUDA backend's legalize list ends with dlight; edgecc's schedule phase owns that.
         ("legalize", backend.library_dispatch_passes(target) + [
-            relax.transform.LegalizeOps(legalize_map(preset)), relax.transform.AnnotateTIROpPattern(),
+            relax.transform.LegalizeOps(legalize_map(preset, conv_policy)), relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR()]),
         ("schedule", schedule_passes(preset, tuning)),
         ("lower", backend.dataflow_lower_passes(target) + backend.finalize_passes(target)),
@@ -60,15 +61,40 @@ def _pass_name(p) -> str:
     return info.name if info is not None else type(p).__name__
 
 
-def run_phases(mod: tvm.IRModule, preset, target, tuning=None,
-               until: str | None = None) -> tuple[tvm.IRModule, list[PhaseRecord]]:
+def choose_convs(mod: tvm.IRModule, preset, target, tuning) -> winograd.Policy:
+    """Winograd or direct, per eligible 3x3 conv, from measured latencies in the tuning logs.
+
+    ``mod`` is legalized both ways; a conv whose kernels have records in ``tuning`` both ways
+    (Winograd: its three kernels, summed) takes the faster; the others keep the untuned choice.
+    The decisions go to ``tuning.convs`` for the manifest."""
+    totals = {}
+    for mode in ("all", "none"):
+        legalize = dict(phases(preset, target, conv_policy=winograd.Policy(mode)))["legalize"]
+        fused = tvm.transform.Sequential(legalize)(mod)
+        for conv, names in winograd.kernels_by_conv(fused).items():
+            records = [tuning.peek(fused[name]) for name in names]
+            if all(r is not None for r in records):
+                totals.setdefault(conv, {})[mode] = sum(r["latency_us"] for r in records)
+    choices = {}
+    for conv, us in totals.items():
+        if len(us) == 2:
+            choices[conv] = us["all"] < us["none"]
+            tuning.convs[conv] = {"winograd_us": round(us["all"], 3), "direct_us": round(us["none"], 3),
+                                  "chosen": "winograd" if choices[conv] else "direct"}
+    return winograd.Policy("auto", choices)
+
+
+def run_phases(mod: tvm.IRModule, preset, target, tuning=None, until: str | None = None,
+               conv_policy=None) -> tuple[tvm.IRModule, list[PhaseRecord]]:
     """Run every phase under the target (up to and including ``until``); return the module and a
     record per phase. ``tuning`` (:class:`edgecc.tuning.TuningRecords`) schedules the kernels
-    it has records for."""
+    it has records for, and picks Winograd or direct per 3x3 conv where it measured both."""
     dump_dir = os.environ.get("EDGECC_DUMP_IR")
     records = []
     with target:
-        for index, (name, passes) in enumerate(phases(preset, target, tuning), start=1):
+        for index, (name, passes) in enumerate(phases(preset, target, tuning, conv_policy), start=1):
+            if name == "legalize" and conv_policy is None and tuning is not None and preset.device == "cpu":
+                passes = dict(phases(preset, target, tuning, choose_convs(mod, preset, target, tuning)))[name]
             start = time.perf_counter()
             mod = tvm.transform.Sequential(passes)(mod)
             prim_funcs = sum(isinstance(f, tvm.tirx.PrimFunc) for f in mod.functions.values())
@@ -83,10 +109,11 @@ def run_phases(mod: tvm.IRModule, preset, target, tuning=None,
     return mod, records
 
 
-def kernels(mod: tvm.IRModule, preset) -> dict[str, tuple[tvm.tirx.PrimFunc, int]]:
+def kernels(mod: tvm.IRModule, preset, conv_policy=None) -> dict[str, tuple[tvm.tirx.PrimFunc, int]]:
     """The fused, unscheduled kernels a build would schedule: ``{name: (PrimFunc, calls)}``,
-    ``calls`` being how many times the model's graph calls it."""
-    fused, _ = run_phases(mod, preset, preset.tvm_target(), until="legalize")
+    ``calls`` being how many times the model's graph calls it (3x3 convs as ``conv_policy``
+    chooses; default: the untuned choice)."""
+    fused, _ = run_phases(mod, preset, preset.tvm_target(), until="legalize", conv_policy=conv_policy)
     calls: dict[str, int] = {}
 
     def visit(node):

@@ -19,7 +19,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
-from . import cpu, gpu
+from . import cpu, gpu, winograd
 from .compute import conv2d_legalizer, extreme_reduce_legalizers, fast_math_legalizers, matmul_legalizer
 
 RULE_ATTR = "edgecc.schedule"
@@ -30,12 +30,17 @@ def fp32_lanes(preset) -> int:
     return max(preset.vector_bits // 32, 1)
 
 
-def legalize_map(preset) -> dict:
-    """Op legalizations edgecc owns for a preset (``LegalizeOps(customize_legalize_map=...)``)."""
+def legalize_map(preset, conv_policy: winograd.Policy | None = None) -> dict:
+    """Op legalizations edgecc owns for a preset (``LegalizeOps(customize_legalize_map=...)``);
+    ``conv_policy`` chooses between Winograd and direct 3x3 convs (default: the untuned choice)."""
     if preset.device != "cpu":
         return {}
     lanes = fp32_lanes(preset)
-    legalizers = {"relax.nn.conv2d": conv2d_legalizer(lanes),
+    if preset.arch == "riscv64":  # TVM's RVV lowering cannot take the transforms' partial tiles
+        conv_policy = None
+    elif conv_policy is None:
+        conv_policy = winograd.Policy()
+    legalizers = {"relax.nn.conv2d": conv2d_legalizer(lanes, conv_policy),
                   "relax.matmul": matmul_legalizer(lanes), **extreme_reduce_legalizers()}
     if preset.arch != "riscv64":  # TVM's RVV lowering rejects fast_exp's vector bit casts
         legalizers.update(fast_math_legalizers())
@@ -48,6 +53,11 @@ def schedule_cpu(sch: Schedule, lanes: int, partial_tiles: bool = True,
     when ``choices`` names a variant that does not apply to this kernel.
     ``partial_tiles=False`` keeps register tiles exact divisors (RVV cannot lower predicated
     vector loops)."""
+    transform = winograd.kernel_of(sch)
+    if transform is not None and not choices.variant:
+        done = (winograd.schedule_input if transform == winograd.INPUT else winograd.schedule_output)(sch, lanes)
+        if done:
+            return f"winograd-transform[{transform}]"
     main = cpu.main_reduction(sch)
     if main is not None:
         name = sch.get(main).annotations.get("edgecc.kernel") or sch.get(main).name_hint

@@ -20,7 +20,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, topi
 
-from edgecc.passes._util import const_array
+from edgecc.passes._util import const_array, static_shape
 
 
 def output_block(channels: int, lanes: int) -> int:
@@ -48,7 +48,8 @@ def _padded(data, padding):
     return topi.nn.pad(data, [0, top, left, 0], [0, bottom, right, 0], name="pad")
 
 
-def conv2d_nhwc_packed(data, weight, strides, padding, dilation, groups, out_channels, keep_channels=None):
+def conv2d_nhwc_packed(data, weight, strides, padding, dilation, groups, out_channels, keep_channels=None,
+                       conv=None):
     """``out[n, h, w, oc] = sum(pad[n, h*s + kh*d, w*s + kw*d, ic0(oc) + rc] * weight[oc // ob, kh, kw, rc, oc % ob])``
 
     ``weight`` is :func:`pack_conv_weight`'s: ``rc`` runs over the input channels of
@@ -72,8 +73,10 @@ def conv2d_nhwc_packed(data, weight, strides, padding, dilation, groups, out_cha
         return te.sum(pad[b, h * sh + rh * dh, w * sw + rw * dw, ic] * weight[oc // ob, rh, rw, rc, oc % ob],
                       axis=[rh, rw, rc])
 
-    conv = te.compute((n, out_h, out_w, out_channels), body, name="conv2d_nhwc",
-                      attrs={"edgecc.kernel": "conv2d_nhwc", "edgecc.block": ob})
+    attrs = {"edgecc.kernel": "conv2d_nhwc", "edgecc.block": ob}
+    if conv is not None:  # a conv that could also run as Winograd: its signature (winograd.CONV_ATTR)
+        attrs["edgecc.conv"] = conv
+    conv = te.compute((n, out_h, out_w, out_channels), body, name="conv2d_nhwc", attrs=attrs)
     if keep_channels is None or keep_channels == out_channels:
         return conv
     return te.compute((n, out_h, out_w, keep_channels), lambda *i: conv[i], name="unpad_channels")
@@ -184,8 +187,12 @@ def _ints(values) -> list[int]:
     return [int(v) for v in values]
 
 
-def conv2d_legalizer(lanes: int):
-    """A ``relax.nn.conv2d`` legalization for CPUs with ``lanes`` fp32 SIMD lanes."""
+def conv2d_legalizer(lanes: int, winograd=None):
+    """A ``relax.nn.conv2d`` legalization for CPUs with ``lanes`` fp32 SIMD lanes.
+    ``winograd(in_shape, out_channels, padding) -> bool`` (a :class:`.winograd.Policy`) picks
+    Winograd F(4, 3) or the direct conv for each eligible 3x3 conv; None: never Winograd."""
+    from . import winograd as wino
+
     default = tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")
 
     def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
@@ -202,6 +209,13 @@ def conv2d_legalizer(lanes: int):
             packed = np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0))
             return bb.call_te(depthwise_conv2d_nhwc, call.args[0], relax.const(packed), strides, padding,
                               dilation, primfunc_name_hint="depthwise_conv2d")
+        in_shape = static_shape(call.args[0])
+        sig = None
+        if winograd is not None and in_shape is not None \
+                and wino.eligible(weight.shape, strides, dilation, groups, in_shape[3], lanes):
+            if winograd(in_shape, out_channels, padding):
+                return wino.legalize(bb, call.args[0], weight, padding, output_block(out_channels, lanes))
+            sig = wino.signature(in_shape, out_channels, padding)
         group_out = out_channels // groups
         if groups > 1 and group_out % lanes and group_out > lanes:
             padded = -(-group_out // lanes) * lanes
@@ -222,7 +236,7 @@ def conv2d_legalizer(lanes: int):
             weight = np.concatenate([weight, np.zeros((out_channels - keep, *weight.shape[1:]), np.float32)])
         packed = pack_conv_weight(weight, groups, lanes)
         return bb.call_te(conv2d_nhwc_packed, call.args[0], relax.const(packed), strides, padding, dilation,
-                          groups, out_channels, keep, primfunc_name_hint="conv2d")
+                          groups, out_channels, keep, sig, primfunc_name_hint="conv2d")
 
     return legalize
 

@@ -26,6 +26,7 @@ class TuningRecords:
         self.records: dict[str, dict] = {}
         self._kernels: dict[str, dict | None] = {}
         self._failed: dict[str, str] = {}
+        self.convs: dict[str, dict] = {}  # 3x3 conv signature -> Winograd/direct latencies and choice
         mine = TuningLog(None, new_header(preset, device={}))
         explicit = {Path(p) for p in paths if Path(p).is_file()}
         for path in log_files(paths):
@@ -41,6 +42,10 @@ class TuningRecords:
                 if record["workload"] not in self.records or \
                         record["latency_us"] < self.records[record["workload"]]["latency_us"]:
                     self.records[record["workload"]] = dict(record, log=str(path))
+
+    def peek(self, func) -> dict | None:
+        """The record for a kernel, if any (without counting it as used)."""
+        return self.records.get(workload_key(func))
 
     def lookup(self, kernel: str, func) -> dict | None:
         record = self.records.get(workload_key(func))
@@ -59,6 +64,7 @@ class TuningRecords:
         used = {k: r for k, r in self._kernels.items() if r is not None}
         return {"from_log": len(used), "fallback": len(self._kernels) - len(used),
                 "replay_failed": dict(self._failed), "notes": list(self.notes),
+                "conv_algorithms": dict(sorted(self.convs.items())),
                 "kernels": {k: {"workload": r["workload"], "latency_us": r["latency_us"],
                                 "default_us": r["default_us"], "log": r["log"]} for k, r in sorted(used.items())}}
 

@@ -28,7 +28,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.schedule import Schedule
 
 from edgecc.errors import UserInputError
-from edgecc.schedules import cpu, fp32_lanes, schedule_cpu
+from edgecc.schedules import cpu, fp32_lanes, schedule_cpu, winograd
 from edgecc.tuning.log import TuningLog, kernel_script, new_header, read_log, workload_key
 from edgecc.tuning.space import has_decisions, space_generator
 
@@ -45,6 +45,7 @@ class Task:
     default_us: float = 0.0
     default_trace: list | None = None
     trials: int = 0
+    tunable: bool = True  # False: a Winograd transform, measured (for the conv's choice) but not searched
 
     @property
     def share_us(self) -> float:
@@ -70,6 +71,7 @@ class TuneSummary:
     results: list[TaskResult]
     seconds: float
     trials: int
+    convs: dict = dataclasses.field(default_factory=dict)  # 3x3 conv -> Winograd/direct latencies, choice
 
     def estimated_speedup(self) -> float:
         before = sum(r.default_us * r.calls for r in self.results)
@@ -224,24 +226,31 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
         tuning_log.write(log_path)  # exists from the start, even if no kernel gets a record
 
     mod, _, _ = import_onnx(model, input_shapes)
-    found = kernels(mod, preset)
-    tasks, untunable = {}, 0
-    for name, (func, calls) in found.items():
+    # Eligible 3x3 convs both ways, Winograd and direct: the build takes the faster (choose_convs).
+    found = [*kernels(mod, preset, winograd.Policy("all")).items(),
+             *kernels(mod, preset, winograd.Policy("none")).items()]
+    tasks, untunable, seen = {}, 0, set()
+    for name, (func, calls) in found:
         func = func.with_attr("global_symbol", "main")  # MetaSchedule's builder exports it as main
         key = workload_key(func)
+        if (name, key) in seen:  # the same kernel in both legalizations
+            continue
+        seen.add((name, key))
         if key in tasks:
             tasks[key].calls += calls
             continue
-        if not has_decisions(_default_schedule(Task(name, key, func, calls), preset)):
+        tunable = has_decisions(_default_schedule(Task(name, key, func, calls), preset))
+        if not tunable and not winograd.kernels_by_conv(tvm.IRModule({"main": func})):
             untunable += 1
             continue
-        tasks[key] = Task(name, key, func, calls)
+        tasks[key] = Task(name, key, func, calls, tunable=tunable)
     already = [t for t in tasks.values() if t.key in tuning_log.records]
     todo = [t for t in tasks.values() if t.key not in tuning_log.records]
-    progress(f"{len(found)} kernels: {len(tasks)} tunable, {len(already)} already in {log_path}, "
+    progress(f"{len(seen)} kernels: {len(tasks)} tunable, {len(already)} already in {log_path}, "
              f"{untunable} with nothing to tune (elementwise/layout)")
-    summary = TuneSummary(log_path, len(found), len(already), untunable, [], 0.0, 0)
+    summary = TuneSummary(log_path, len(seen), len(already), untunable, [], 0.0, 0)
     if not todo:
+        _report_convs(summary, mod, preset, progress)
         summary.seconds = time.monotonic() - start
         return summary
 
@@ -256,16 +265,17 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
     if budget_s is not None:
         left = budget_s - (time.monotonic() - start)
         total_trials = min(total_trials, int(left / per_trial_s))
-    allocate(todo, total_trials)
+    allocate([t for t in todo if t.tunable], total_trials)
+    for task in todo:  # a conv's kernels without trials: their default time decides Winograd or direct
+        if not task.trials and winograd.kernels_by_conv(tvm.IRModule({"main": task.func})):
+            _append(tuning_log, task, task.default_us, task.default_trace, 0, measure_info(rpc_tracker, rpc_key))
     planned = [t for t in todo if t.trials]
     total_share = sum(t.share_us for t in todo) or 1.0
     progress(f"tuning {len(planned)} tasks, {sum(t.trials for t in planned)} trials"
              + (f", budget {budget_s:.0f}s" if budget_s is not None else ""))
 
     cost_model = ms.cost_model.XGBModel(num_warmup_samples=16, verbose_eval=0)
-    measure = {"runner": f"rpc:{rpc_key}" if rpc_tracker else "local", **EVALUATOR, "statistic": "mean"}
-    if rpc_tracker is None:
-        measure["threads"] = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
+    measure = measure_info(rpc_tracker, rpc_key)
     for index, task in enumerate(planned, start=1):
         task_start = time.monotonic()
         n = task.trials
@@ -281,9 +291,7 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
         per_trial_s = 0.5 * per_trial_s + 0.5 * spent / max(n, 1)
         if best_us is None or best_us >= task.default_us:
             best_us, best_trace = task.default_us, task.default_trace
-        tuning_log.append({"workload": task.key, "kernel": task.name, "latency_us": round(best_us, 3),
-                           "default_us": round(task.default_us, 3), "trials": n, "measured": measure,
-                           "trace": best_trace, "func": kernel_script(task.func)})
+        _append(tuning_log, task, best_us, best_trace, n, measure)
         summary.results.append(TaskResult(task.name, task.calls, n, task.default_us, best_us, spent))
         summary.trials += n
         elapsed = time.monotonic() - start
@@ -293,8 +301,39 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
         progress(f"[{index}/{len(planned)}] {task.name} ({100 * task.share_us / total_share:.1f}% of latency, "
                  f"x{task.calls}): {n} trials, best {best_us:.1f} us (default {task.default_us:.1f} us, "
                  f"{task.default_us / best_us:.2f}x); {elapsed:.0f}s elapsed, ~{remaining:.0f}s left")
+    _report_convs(summary, mod, preset, progress)
     summary.seconds = time.monotonic() - start
     return summary
+
+
+def measure_info(rpc_tracker, rpc_key) -> dict:
+    """How a record's latency was measured (the record's ``measured``)."""
+    measure = {"runner": f"rpc:{rpc_key}" if rpc_tracker else "local", **EVALUATOR, "statistic": "mean"}
+    if rpc_tracker is None:
+        measure["threads"] = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
+    return measure
+
+
+def _append(tuning_log: TuningLog, task: Task, best_us: float, trace, trials: int, measure: dict) -> None:
+    tuning_log.append({"workload": task.key, "kernel": task.name, "latency_us": round(best_us, 3),
+                       "default_us": round(task.default_us, 3), "trials": trials, "measured": measure,
+                       "trace": trace, "func": kernel_script(task.func)})
+
+
+def _report_convs(summary: TuneSummary, mod, preset, progress) -> None:
+    """Which way each 3x3 conv will build with the log: Winograd or direct, by measured latency."""
+    from edgecc.pipeline import choose_convs, run_phases
+    from edgecc.tuning import TuningRecords
+
+    target = preset.tvm_target()
+    records = TuningRecords([summary.log], preset)
+    graph, _ = run_phases(mod, preset, target, until="graph")
+    with target:
+        choose_convs(graph, preset, target, records)
+    summary.convs = records.convs
+    for conv, choice in sorted(records.convs.items()):
+        progress(f"conv {conv}: {choice['chosen']} (Winograd {choice['winograd_us']:.1f} us, "
+                 f"direct {choice['direct_us']:.1f} us)")
 
 
 def plain_json(obj):
