@@ -129,6 +129,14 @@ def kernels(mod: tvm.IRModule, preset, conv_policy=None) -> dict[str, tuple[tvm.
             if isinstance(func, tvm.tirx.PrimFunc)}
 
 
+def kernels_both_ways(mod: tvm.IRModule, preset) -> list[tuple[str, tvm.tirx.PrimFunc, int]]:
+    """``(name, kernel, calls)`` of a model computing its eligible 3x3 convs as Winograd, then as
+    direct convs: what tuning measures, and what a log for the model may hold. (A kernel
+    unaffected by the choice appears twice.)"""
+    return [(name, func, calls) for mode in ("all", "none")
+            for name, (func, calls) in kernels(mod, preset, winograd.Policy(mode)).items()]
+
+
 def build_executable(mod: tvm.IRModule, preset, tuning=None):
     """Compile an imported module for a preset into a ``relax.VMExecutable``."""
     target = preset.tvm_target()

@@ -192,6 +192,17 @@ class Policy:
         return self.choices[conv] if conv in self.choices else preferred(in_shape, out_channels, padding)
 
 
+def alternative(func: tirx.PrimFunc) -> tuple[str, str] | None:
+    """``(conv signature, "winograd" or "direct")`` for a kernel computing an eligible conv."""
+    sch = Schedule(func)
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        annotations = sch.get(block).annotations
+        if CONV_ATTR in annotations:
+            kind = str(annotations.get("edgecc.kernel", ""))
+            return str(annotations[CONV_ATTR]), "winograd" if kind.startswith("winograd") else "direct"
+    return None
+
+
 def kernels_by_conv(mod) -> dict[str, list[str]]:
     """``{conv signature: [kernel names]}`` for the fused kernels of a legalized module."""
     found: dict[str, list[str]] = {}
@@ -227,10 +238,6 @@ def _inline_epilogue(sch: Schedule, block) -> None:
             return
 
 
-def _channel_split(sch: Schedule, loop, lanes: int):
-    return sch.split(loop, [None, lanes])
-
-
 def schedule_input(sch: Schedule, lanes: int) -> bool:
     """Per tile (parallel) and vector of channels: the 6x6 tile's row pass in a local buffer,
     then its column pass; both fully unrolled, vectorised over channels."""
@@ -241,7 +248,7 @@ def schedule_input(sch: Schedule, lanes: int) -> bool:
     if pad is not None:
         sch.compute_inline(pad)
     a, b, p, c = sch.get_loops(out)
-    c_o, c_i = _channel_split(sch, c, lanes)
+    c_o, c_i = sch.split(c, [None, lanes])
     sch.reorder(p, c_o, a, b, c_i)
     sch.parallel(p)
     sch.unroll(a)
@@ -266,7 +273,7 @@ def schedule_output(sch: Schedule, lanes: int) -> bool:
     n, h, w, o = sch.get_loops(out)
     h_o, h_i = sch.split(h, [None, TILE])
     w_o, w_i = sch.split(w, [None, TILE])
-    o_o, o_i = _channel_split(sch, o, lanes)
+    o_o, o_i = sch.split(o, [None, lanes])
     sch.reorder(n, h_o, w_o, o_o, h_i, w_i, o_i)
     tile = sch.fuse(n, h_o, w_o)
     sch.parallel(tile)

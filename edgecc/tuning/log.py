@@ -133,9 +133,11 @@ class TuningLog:
         return f"{self.target_key} (edgecc {v['edgecc']}, TVM {v['tvm']})"
 
     def add(self, record: dict) -> bool:
-        """Keep ``record`` if it is the first or the fastest for its workload; returns whether kept."""
+        """Keep ``record`` if it is the first or the fastest for its workload, or the first searched
+        one (``trials`` > 0) after a default-only record; returns whether kept."""
         old = self.records.get(record["workload"])
-        if old is not None and old["latency_us"] <= record["latency_us"]:
+        searched_over_default = old is not None and old["trials"] == 0 and record["trials"] > 0
+        if old is not None and old["latency_us"] <= record["latency_us"] and not searched_over_default:
             return False
         self.records[record["workload"]] = record
         return True

@@ -49,13 +49,13 @@ def export(path, output, model=None, input_shapes=None, out: Callable[[str], Non
     records = dict(log.records)
     if model is not None:
         from edgecc.frontend import import_onnx, load_onnx
-        from edgecc.pipeline import kernels
+        from edgecc.pipeline import kernels_both_ways
         from edgecc.targets import get_target
 
         target = log.header["target"]
         preset = _preset_for(target)
         mod, _, _ = import_onnx(load_onnx(model), input_shapes)
-        wanted = {workload_key(func) for func, _ in kernels(mod, preset).values()}
+        wanted = {workload_key(func) for _, func, _ in kernels_both_ways(mod, preset)}
         records = {k: r for k, r in records.items() if k in wanted}
         del get_target
     exported = TuningLog(Path(output), log.header, records)

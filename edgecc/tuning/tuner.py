@@ -29,7 +29,7 @@ from tvm.s_tir.schedule import Schedule
 
 from edgecc.errors import UserInputError
 from edgecc.schedules import cpu, fp32_lanes, schedule_cpu, winograd
-from edgecc.tuning.log import TuningLog, kernel_script, new_header, read_log, workload_key
+from edgecc.tuning.log import TuningLog, kernel_script, new_header, parse_kernel, read_log, workload_key
 from edgecc.tuning.space import has_decisions, space_generator
 
 MIN_TRIALS = 4  # a task that would get fewer is left at its default schedule
@@ -190,7 +190,7 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
     import onnx
 
     from edgecc.frontend import import_onnx, load_onnx
-    from edgecc.pipeline import kernels
+    from edgecc.pipeline import kernels_both_ways
     from edgecc.targets import get_target
 
     start = time.monotonic()
@@ -227,10 +227,8 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
 
     mod, _, _ = import_onnx(model, input_shapes)
     # Eligible 3x3 convs both ways, Winograd and direct: the build takes the faster (choose_convs).
-    found = [*kernels(mod, preset, winograd.Policy("all")).items(),
-             *kernels(mod, preset, winograd.Policy("none")).items()]
     tasks, untunable, seen = {}, 0, set()
-    for name, (func, calls) in found:
+    for name, func, calls in kernels_both_ways(mod, preset):
         func = func.with_attr("global_symbol", "main")  # MetaSchedule's builder exports it as main
         key = workload_key(func)
         if (name, key) in seen:  # the same kernel in both legalizations
@@ -240,12 +238,16 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
             tasks[key].calls += calls
             continue
         tunable = has_decisions(_default_schedule(Task(name, key, func, calls), preset))
-        if not tunable and not winograd.kernels_by_conv(tvm.IRModule({"main": func})):
+        if not tunable and winograd.alternative(func) is None:
             untunable += 1
             continue
         tasks[key] = Task(name, key, func, calls, tunable=tunable)
-    already = [t for t in tasks.values() if t.key in tuning_log.records]
-    todo = [t for t in tasks.values() if t.key not in tuning_log.records]
+    def done(task):  # a conv alternative's default-only record (0 trials) is searched on a rerun
+        record = tuning_log.records.get(task.key)
+        return record is not None and (record["trials"] > 0 or not task.tunable)
+
+    already = [t for t in tasks.values() if done(t)]
+    todo = [t for t in tasks.values() if not done(t)]
     progress(f"{len(seen)} kernels: {len(tasks)} tunable, {len(already)} already in {log_path}, "
              f"{untunable} with nothing to tune (elementwise/layout)")
     summary = TuneSummary(log_path, len(seen), len(already), untunable, [], 0.0, 0)
@@ -265,9 +267,10 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
     if budget_s is not None:
         left = budget_s - (time.monotonic() - start)
         total_trials = min(total_trials, int(left / per_trial_s))
+    _skip_losing_alternatives(todo, tuning_log, progress)
     allocate([t for t in todo if t.tunable], total_trials)
     for task in todo:  # a conv's kernels without trials: their default time decides Winograd or direct
-        if not task.trials and winograd.kernels_by_conv(tvm.IRModule({"main": task.func})):
+        if not task.trials and winograd.alternative(task.func) is not None:
             _append(tuning_log, task, task.default_us, task.default_trace, 0, measure_info(rpc_tracker, rpc_key))
     planned = [t for t in todo if t.trials]
     total_share = sum(t.share_us for t in todo) or 1.0
@@ -304,6 +307,46 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
     _report_convs(summary, mod, preset, progress)
     summary.seconds = time.monotonic() - start
     return summary
+
+
+# Search gains seen on this kind of CPU: a direct conv's kernel a few percent, a Winograd GEMM
+# up to 2.2x. An alternative whose default sum is behind by more than its rival could close
+# gets no trials (its default time is still recorded, and the build still compares).
+DIRECT_GAIN, WINOGRAD_GAIN = 1.1, 3.0
+
+
+def _skip_losing_alternatives(todo: list[Task], tuning_log: TuningLog, progress) -> None:
+    """Spend no trials on a conv's alternative that cannot win: per conv, both ways' kernels
+    summed (recorded latency, else default time)."""
+    sums: dict[str, dict[str, float]] = {}
+    todo_keys = {task.key for task in todo}
+    for key, record in tuning_log.records.items():
+        if key in todo_keys:
+            continue
+        conv_kernel = any(word in record["kernel"] for word in ("conv2d", "winograd"))
+        found = winograd.alternative(parse_kernel(record["func"])) if conv_kernel else None
+        if found is not None:
+            sums.setdefault(found[0], {}).setdefault(found[1], 0.0)
+            sums[found[0]][found[1]] += record["latency_us"]
+    owners = {}
+    for task in todo:
+        found = winograd.alternative(task.func)
+        if found is not None:
+            owners[task.key] = found
+            sums.setdefault(found[0], {}).setdefault(found[1], 0.0)
+            sums[found[0]][found[1]] += task.default_us
+    for task in todo:
+        if task.key not in owners or not task.tunable:
+            continue
+        conv, way = owners[task.key]
+        us = sums[conv]
+        if len(us) < 2:
+            continue
+        if (way == "direct" and us["direct"] > DIRECT_GAIN * us["winograd"]) or \
+                (way == "winograd" and us["winograd"] > WINOGRAD_GAIN * us["direct"]):
+            task.tunable = False
+            progress(f"{task.name}: not searched: conv {conv} takes {us['winograd']:.1f} us as Winograd, "
+                     f"{us['direct']:.1f} us direct")
 
 
 def measure_info(rpc_tracker, rpc_key) -> dict:

@@ -99,6 +99,17 @@ def test_log_keeps_the_fastest_record_and_refuses_other_targets(tmp_path):
     assert "tvm 0.26.0" in log.compatible_with(other)
 
 
+def test_searched_record_replaces_a_default_only_one(tmp_path):
+    """A conv alternative recorded at its default (0 trials) is searched on a rerun; the
+    searched record takes its place even when the search found nothing faster."""
+    log = TuningLog(tmp_path / "x.jsonl", new_header(get_target("host")))
+    log.append(_record(latency_us=10.0, default_us=10.0, trials=0))
+    log.append(_record(latency_us=10.5, default_us=10.5, trials=12))
+    log.append(_record(latency_us=11.0, default_us=11.0, trials=0))  # a later default-only one: slower, dropped
+    reread, _ = read_log(tmp_path / "x.jsonl")
+    assert reread.records["a" * 64]["trials"] == 12 and reread.records["a" * 64]["latency_us"] == 10.5
+
+
 def test_allocate_spreads_trials_by_latency_share():
     tasks = [tuner.Task(name, name, None, calls, default_us=us)
              for name, calls, us in (("big", 1, 600.0), ("twice", 2, 150.0), ("tiny", 1, 5.0))]
