@@ -153,12 +153,6 @@ def output_transform(m, batch, out_h, out_w, conv: str):
         name="winograd_output", attrs={"edgecc.kernel": OUTPUT, CONV_ATTR: conv})
 
 
-def _with_pattern(bb: relax.BlockBuilder, call: relax.Call, pattern: int) -> relax.Call:
-    gvar = call.args[0]
-    bb.update_func(gvar, bb.get()[gvar].with_attr("op_pattern", pattern))
-    return call
-
-
 def legalize(bb: relax.BlockBuilder, data: relax.Expr, weight: np.ndarray, padding, ob: int) -> relax.Expr:
     """The three kernels for ``conv2d(data, weight)`` (NHWC data, OIHW 3x3 weight).
 
@@ -167,12 +161,13 @@ def legalize(bb: relax.BlockBuilder, data: relax.Expr, weight: np.ndarray, paddi
     in_shape = [int(x) for x in data.ty.shape.values]
     conv = signature(in_shape, weight.shape[0], padding)
     out_h, out_w, _, _ = _tiles(in_shape[1], in_shape[2], padding)
-    v = bb.emit(_with_pattern(bb, bb.call_te(input_transform, data, padding, conv,
-                                             primfunc_name_hint="winograd_input"), OPAQUE))
+    # The pattern goes in before the block builder adds the kernel, so convs of one shape share it.
+    v = bb.emit(bb.call_te(input_transform, data, padding, conv, primfunc_name_hint="winograd_input",
+                           primfunc_attrs={"op_pattern": OPAQUE}))
     m = bb.emit(bb.call_te(batched_gemm, v, relax.const(transform_weight(weight, ob)), conv,
                            primfunc_name_hint="winograd_gemm"))
-    return _with_pattern(bb, bb.call_te(output_transform, m, in_shape[0], out_h, out_w, conv,
-                                        primfunc_name_hint="winograd_output"), OUT_ELEMWISE_FUSABLE)
+    return bb.call_te(output_transform, m, in_shape[0], out_h, out_w, conv, primfunc_name_hint="winograd_output",
+                      primfunc_attrs={"op_pattern": OUT_ELEMWISE_FUSABLE})
 
 
 # -- choosing per conv ------------------------------------------------------------------

@@ -288,6 +288,8 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
             n = min(n, int(left * share / per_trial_s))
             if n < MIN_TRIALS:
                 progress(f"[{index}/{len(planned)}] {task.name}: time budget spent, left at its default")
+                if winograd.alternative(task.func) is not None:  # its default still decides the conv's way
+                    _append(tuning_log, task, task.default_us, task.default_trace, 0, measure)
                 continue
         best_us, best_trace, n = _tune_task(task, n, preset, target_obj, builder, runner, cost_model, seed)
         spent = time.monotonic() - task_start
