@@ -233,6 +233,17 @@ def _inline_epilogue(sch: Schedule, block) -> None:
             return
 
 
+def _first_pass_at(sch: Schedule, stage, loop) -> None:
+    """A separable transform's first pass, per tile and channel vector (under ``loop``), into a
+    tile-sized local buffer: its two tile loops unrolled, the channels vectorised."""
+    sch.compute_at(stage, loop)
+    sch.set_scope(stage, 0, "local")
+    *_, first, second, channels = sch.get_loops(stage)
+    sch.unroll(first)
+    sch.unroll(second)
+    sch.vectorize(channels)
+
+
 def schedule_input(sch: Schedule, lanes: int) -> bool:
     """Per tile (parallel) and vector of channels: the 6x6 tile's row pass in a local buffer,
     then its column pass; both fully unrolled, vectorised over channels."""
@@ -249,12 +260,7 @@ def schedule_input(sch: Schedule, lanes: int) -> bool:
     sch.unroll(a)
     sch.unroll(b)
     sch.vectorize(c_i)
-    sch.compute_at(rows, c_o)
-    sch.set_scope(rows, 0, "local")
-    _, _, i, rb, rc = sch.get_loops(rows)
-    sch.unroll(i)
-    sch.unroll(rb)
-    sch.vectorize(rc)
+    _first_pass_at(sch, rows, c_o)
     return True
 
 
@@ -275,12 +281,7 @@ def schedule_output(sch: Schedule, lanes: int) -> bool:
     sch.unroll(h_i)
     sch.unroll(w_i)
     sch.vectorize(o_i)
-    sch.compute_at(cols, o_o)
-    sch.set_scope(cols, 0, "local")
-    loops = sch.get_loops(cols)
-    sch.unroll(loops[-3])
-    sch.unroll(loops[-2])
-    sch.vectorize(loops[-1])
+    _first_pass_at(sch, cols, o_o)
     return True
 
 
