@@ -14,7 +14,7 @@ import onnx
 
 from edgecc import __version__
 from edgecc.bundle import LIBRARY, MANIFEST, Bundle, sha256
-from edgecc.errors import EdgeccError
+from edgecc.errors import EdgeccError, UserInputError
 from edgecc.frontend import import_onnx, inspect_model, load_onnx
 from edgecc.targets import TargetPreset, get_target
 
@@ -43,7 +43,7 @@ def _export(executable, path: Path, preset: TargetPreset) -> None:
 def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPreset = "host", *,
             input_shapes: dict[str, list[int]] | None = None, mcpu: str | None = None,
             mattr: list[str] | None = None, vlen: int | None = None, cuda_arch: str | None = None,
-            tuning_log: str | os.PathLike | list | None = None,
+            tuning_log: str | os.PathLike | list | None = None, sparsity: str = "auto",
             log: Callable[[str], None] | None = None) -> Bundle:
     """Compile an ONNX model into a bundle for a target.
 
@@ -61,6 +61,11 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
         Tuning logs (files, or folders of ``*.jsonl``) from ``edgecc tune``: kernels with a
         record for this target and toolchain take its schedule, the others the default rules.
         A log file tuned for another target is refused.
+    sparsity : {"auto", "off"}
+        ``auto``: constant matmul and 1x1-conv weights sparse enough to run faster as
+        block-sparse kernels (per the target's measured threshold) become fused sparse
+        kernels; the manifest's ``sparsity`` lists each candidate weight and the decision.
+        ``off``: every weight stays dense.
     log : callable, optional
         Receives one progress line per step.
 
@@ -70,6 +75,10 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
         The compiled bundle, in a private folder until :meth:`Bundle.save`.
     """
     log = log or (lambda line: None)
+    from edgecc.passes import SPARSITY_MODES
+
+    if sparsity not in SPARSITY_MODES:
+        raise UserInputError(f"unknown sparsity mode {sparsity!r}; valid: {', '.join(SPARSITY_MODES)}")
     preset = get_target(target, mcpu=mcpu, mattr=mattr, vlen=vlen, cuda_arch=cuda_arch)
     preset.require_toolchain()
     if preset.device == "cuda":
@@ -104,7 +113,7 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
 
     start = time.perf_counter()
     try:
-        executable, phases = build_executable(mod, preset, tuning)
+        executable, phases = build_executable(mod, preset, tuning, sparsity)
     except EdgeccError:
         raise
     except Exception as err:  # TVM's errors are long; keep the last line, --debug shows all
@@ -116,6 +125,10 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
         log(f"phase {record.phase}: {record.seconds:.2f}s, {record.prim_funcs_after} kernels")
         for kernel, rule in sorted((record.kernels or {}).items()):
             log(f"  {kernel}: {rule}")
+        for layer in record.sparse_layers or []:
+            log(f"  sparsity {layer['layer']} {layer['op']} {layer['weight']}: {layer['sparsity']:.0%} zeros, "
+                f"{layer['block']} blocks, {'sparse ' + layer['kernel'] if layer['converted'] else 'dense'} "
+                f"({layer['reason']})")
 
     runtime_dir = ensure_runtime(preset.arch, log=log)
     staging = tempfile.TemporaryDirectory(prefix="edgecc-bundle-")
@@ -127,6 +140,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
     log(f"linked {LIBRARY} for {preset.name} ({preset.arch}) in {timings['link_s']:.1f}s")
 
     manifest = _manifest(source, preset, inputs, outputs, phases, timings, folder / LIBRARY)
+    manifest["sparsity"] = {"mode": sparsity, "layers": next(
+        (record.sparse_layers for record in phases if record.sparse_layers is not None), [])}
     if tuning is not None:
         manifest["tuning_records"] = tuning.report()
         log(f"tuning logs: {manifest['tuning_records']['from_log']} kernels from records, "

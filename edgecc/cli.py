@@ -43,7 +43,7 @@ def cmd_build(args) -> int:
     log = (lambda line: print(f"edgecc: {line}", file=sys.stderr)) if args.verbose else None
     bundle = compile(args.model, args.target, input_shapes=dict(args.input_shape or []),
                      mcpu=args.mcpu, mattr=args.mattr, vlen=args.vlen, cuda_arch=args.cuda_arch,
-                     tuning_log=args.tuning_log, log=log)
+                     tuning_log=args.tuning_log, sparsity=args.sparsity, log=log)
     outdir = bundle.save(args.output or Path(args.model).stem + f"-{bundle.target['name']}")
     size = sum(f.stat().st_size for f in outdir.rglob("*") if f.is_file())
     print(f"built {outdir} ({bundle.target['name']}, {bundle.target['arch']}, {size / 1e6:.1f} MB)")
@@ -87,6 +87,18 @@ def cmd_logs(args) -> int:
         return 1 if rejected else 0
     elif args.action == "verify":
         return 1 if sum(logs.verify(path) for path in args.logs) else 0
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from edgecc.prune import prune_file
+
+    pruned = prune_file(args.model, args.output, args.sparsity, args.block, args.min_size)
+    for entry in pruned:
+        print(f"{entry.name} ({entry.op} {entry.shape}): {entry.sparsity:.1%} zeros")
+    print(f"pruned {len(pruned)} weights to {args.sparsity:.0%} in {args.block} blocks -> {args.output}")
+    print("note: magnitude pruning without fine-tuning changes the model's outputs; "
+          "check its accuracy on your data")
     return 0
 
 
@@ -178,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="bind an input's shape (symbolic dims); repeatable")
     build.add_argument("--tuning-log", action="append", metavar="PATH",
                        help="tuning log from `edgecc tune`, or a folder of them; repeatable")
+    build.add_argument("--sparsity", choices=["auto", "off"], default="auto",
+                       help="auto (default): sparse constant matmul/1x1-conv weights become fused sparse "
+                       "kernels where the target's measured threshold says they run faster; off: all dense")
     build.add_argument("--verbose", "-v", action="store_true", help="print each step")
     build.set_defaults(func=cmd_build)
 
@@ -204,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("--model", metavar="MODEL.onnx", help="export only this model's kernels (export)")
     logs.add_argument("--input-shape", action="append", type=_input_shape, metavar="NAME=D0,D1,...")
     logs.set_defaults(func=cmd_logs)
+
+    prune = sub.add_parser("prune", help="magnitude-prune a model's weights (to try sparse kernels)")
+    prune.add_argument("model", metavar="MODEL.onnx")
+    prune.add_argument("--sparsity", type=float, required=True, help="fraction of each weight to zero, e.g. 0.9")
+    prune.add_argument("--block", default="1x1", metavar="RxC",
+                       help="prune R output x C input channels together (default 1x1; 4x1 runs fastest)")
+    prune.add_argument("--min-size", type=int, default=1024, metavar="N", help="leave weights under N values dense")
+    prune.add_argument("-o", "--output", required=True, metavar="PRUNED.onnx")
+    prune.set_defaults(func=cmd_prune)
 
     run = sub.add_parser("run", help="run a bundle on .npy inputs (under qemu-user for other arches)")
     run.add_argument("bundle", metavar="OUTDIR")

@@ -19,7 +19,7 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.relax.backend.cuda import pipeline as cuda_backend
 
-from edgecc.passes import graph_passes
+from edgecc.passes import graph_passes, sparsify
 from edgecc.schedules import legalize_map, schedule_passes, schedule_report, winograd
 
 
@@ -32,6 +32,7 @@ class PhaseRecord:
     seconds: float
     prim_funcs_after: int
     kernels: dict[str, str] | None = None  # schedule phase: kernel name -> rule that scheduled it
+    sparse_layers: list[dict] | None = None  # graph phase: the sparsity pass's decision per weight
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -41,12 +42,13 @@ def _backend(preset):
     return cuda_backend if preset.device == "cuda" else cpu_generic
 
 
-def phases(preset, target, tuning=None, conv_policy=None) -> list[tuple[str, list]]:
+def phases(preset, target, tuning=None, conv_policy=None, sparsity="auto") -> list[tuple[str, list]]:
     """The (name, passes) phases for a preset; the one place the order is defined.
-    ``conv_policy`` (:class:`edgecc.schedules.winograd.Policy`) picks Winograd or direct 3x3 convs."""
+    ``conv_policy`` (:class:`edgecc.schedules.winograd.Policy`) picks Winograd or direct 3x3 convs;
+    ``sparsity`` (``auto``/``off``) whether sparse weights become sparse kernels."""
     backend = _backend(preset)
     return [
-        ("graph", graph_passes(preset)),
+        ("graph", graph_passes(preset, sparsity)),
         # The CUDA backend's legalize list ends with dlight; edgecc's schedule phase owns that.
         ("legalize", backend.library_dispatch_passes(target) + [
             relax.transform.LegalizeOps(legalize_map(preset, conv_policy)), relax.transform.AnnotateTIROpPattern(),
@@ -85,14 +87,14 @@ def choose_convs(mod: tvm.IRModule, preset, target, tuning) -> winograd.Policy:
 
 
 def run_phases(mod: tvm.IRModule, preset, target, tuning=None, until: str | None = None,
-               conv_policy=None) -> tuple[tvm.IRModule, list[PhaseRecord]]:
+               conv_policy=None, sparsity="auto") -> tuple[tvm.IRModule, list[PhaseRecord]]:
     """Run every phase under the target (up to and including ``until``); return the module and a
     record per phase. ``tuning`` (:class:`edgecc.tuning.TuningRecords`) schedules the kernels
     it has records for, and picks Winograd or direct per 3x3 conv where it measured both."""
     dump_dir = os.environ.get("EDGECC_DUMP_IR")
     records = []
     with target:
-        for index, (name, passes) in enumerate(phases(preset, target, tuning, conv_policy), start=1):
+        for index, (name, passes) in enumerate(phases(preset, target, tuning, conv_policy, sparsity), start=1):
             if name == "legalize" and conv_policy is None and tuning is not None and preset.device == "cpu":
                 passes = dict(phases(preset, target, tuning, choose_convs(mod, preset, target, tuning)))[name]
             start = time.perf_counter()
@@ -100,7 +102,8 @@ def run_phases(mod: tvm.IRModule, preset, target, tuning=None, until: str | None
             prim_funcs = sum(isinstance(f, tvm.tirx.PrimFunc) for f in mod.functions.values())
             records.append(PhaseRecord(name, [_pass_name(p) for p in passes],
                                        round(time.perf_counter() - start, 3), prim_funcs,
-                                       schedule_report(mod) if name == "schedule" else None))
+                                       schedule_report(mod) if name == "schedule" else None,
+                                       sparsify.report_of(mod) if name == "graph" else None))
             if dump_dir:
                 Path(dump_dir).mkdir(parents=True, exist_ok=True)
                 (Path(dump_dir) / f"{index}_{name}.py").write_text(mod.script())
@@ -109,11 +112,12 @@ def run_phases(mod: tvm.IRModule, preset, target, tuning=None, until: str | None
     return mod, records
 
 
-def kernels(mod: tvm.IRModule, preset, conv_policy=None) -> dict[str, tuple[tvm.tirx.PrimFunc, int]]:
+def kernels(mod: tvm.IRModule, preset, conv_policy=None, sparsity="auto") -> dict[str, tuple[tvm.tirx.PrimFunc, int]]:
     """The fused, unscheduled kernels a build would schedule: ``{name: (PrimFunc, calls)}``,
     ``calls`` being how many times the model's graph calls it (3x3 convs as ``conv_policy``
     chooses; default: the untuned choice)."""
-    fused, _ = run_phases(mod, preset, preset.tvm_target(), until="legalize", conv_policy=conv_policy)
+    fused, _ = run_phases(mod, preset, preset.tvm_target(), until="legalize", conv_policy=conv_policy,
+                          sparsity=sparsity)
     calls: dict[str, int] = {}
 
     def visit(node):
@@ -137,9 +141,9 @@ def kernels_both_ways(mod: tvm.IRModule, preset) -> list[tuple[str, tvm.tirx.Pri
             for name, (func, calls) in kernels(mod, preset, winograd.Policy(mode)).items()]
 
 
-def build_executable(mod: tvm.IRModule, preset, tuning=None):
+def build_executable(mod: tvm.IRModule, preset, tuning=None, sparsity="auto"):
     """Compile an imported module for a preset into a ``relax.VMExecutable``."""
     target = preset.tvm_target()
-    lowered, records = run_phases(mod, preset, target, tuning)
+    lowered, records = run_phases(mod, preset, target, tuning, sparsity=sparsity)
     executable = relax.build(lowered, target, relax_pipeline=None)
     return executable, records

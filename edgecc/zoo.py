@@ -213,3 +213,79 @@ def encoder_model(layers: int = 4, d_model: int = 256, heads: int = 4, seq: int 
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model
+
+
+def ffn_model(d_model: int = 768, hidden: int = 3072, seq: int = 128, seed: int = 0) -> onnx.ModelProto:
+    """A transformer feed-forward block (BERT-base sizes by default), seeded random weights:
+    ``y = x + Gelu(x @ W1 + b1) @ W2 + b2`` (opset 20 ``Gelu``). Input ``x[1, seq, d_model]``."""
+    rng = np.random.default_rng(seed)
+    w1 = (rng.standard_normal((d_model, hidden)) / np.sqrt(d_model)).astype(np.float32)
+    w2 = (rng.standard_normal((hidden, d_model)) / np.sqrt(hidden)).astype(np.float32)
+    b1 = (rng.standard_normal(hidden) * 0.1).astype(np.float32)
+    b2 = (rng.standard_normal(d_model) * 0.1).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "ff1.w"], ["ff1.mm"], name="ff1.mm"),
+             helper.make_node("Add", ["ff1.mm", "ff1.b"], ["ff1.out"], name="ff1.out"),
+             helper.make_node("Gelu", ["ff1.out"], ["gelu"], name="gelu"),
+             helper.make_node("MatMul", ["gelu", "ff2.w"], ["ff2.mm"], name="ff2.mm"),
+             helper.make_node("Add", ["ff2.mm", "ff2.b"], ["ff2.out"], name="ff2.out"),
+             helper.make_node("Add", ["x", "ff2.out"], ["y"], name="residual")]
+    inits = [numpy_helper.from_array(value, name)
+             for name, value in (("ff1.w", w1), ("ff1.b", b1), ("ff2.w", w2), ("ff2.b", b2))]
+    graph = helper.make_graph(
+        nodes, f"ffn_{d_model}x{hidden}",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, seq, d_model])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, seq, d_model])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+MOBILENET_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1))
+
+
+def mobilenet_model(resolution: int = 112, blocks=MOBILENET_BLOCKS, classes: int = 1000,
+                    seed: int = 0) -> onnx.ModelProto:
+    """A MobileNet-v1-style network, seeded random weights: a 3x3 stride-2 stem to 32
+    channels, then per ``(channels, stride)`` of ``blocks`` a depthwise 3x3 conv and a 1x1
+    conv, each with BatchNormalization and ReLU6 (``Clip``), global average pooling and a
+    ``Gemm`` classifier. Input ``x[1, 3, resolution, resolution]``, output ``logits``."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype=np.float32), name))
+        return name
+
+    def conv_bn_relu6(x, name, c_in, c_out, kernel, stride, group):
+        fan_in = c_in // group * kernel * kernel
+        w = const(f"{name}.w", rng.standard_normal((c_out, c_in // group, kernel, kernel)) * np.sqrt(2.0 / fan_in))
+        nodes.append(helper.make_node("Conv", [x, w], [f"{name}.conv"], name=f"{name}.conv", group=group,
+                                      kernel_shape=[kernel, kernel], strides=[stride, stride],
+                                      pads=[kernel // 2] * 4))
+        bn = [const(f"{name}.{p}", v) for p, v in (
+            ("scale", rng.uniform(0.8, 1.2, c_out)), ("bias", rng.standard_normal(c_out) * 0.1),
+            ("mean", rng.standard_normal(c_out) * 0.1), ("var", rng.uniform(0.8, 1.2, c_out)))]
+        nodes.append(helper.make_node("BatchNormalization", [f"{name}.conv", *bn], [f"{name}.bn"],
+                                      name=f"{name}.bn", epsilon=1e-5))
+        nodes.append(helper.make_node("Clip", [f"{name}.bn", "zero", "six"], [f"{name}.out"], name=f"{name}.relu6"))
+        return f"{name}.out"
+
+    const("zero", np.array(0.0)), const("six", np.array(6.0))
+    x, channels = conv_bn_relu6("x", "stem", 3, 32, 3, 2, 1), 32
+    for i, (c_out, stride) in enumerate(blocks):
+        x = conv_bn_relu6(x, f"b{i}.dw", channels, channels, 3, stride, channels)
+        x, channels = conv_bn_relu6(x, f"b{i}.pw", channels, c_out, 1, 1, 1), c_out
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["pool"], name="pool"))
+    nodes.append(helper.make_node("Flatten", ["pool"], ["flat"], name="flat"))
+    fc_w = const("fc.w", rng.standard_normal((classes, channels)) / np.sqrt(channels))
+    fc_b = const("fc.b", rng.standard_normal(classes) * 0.1)
+    nodes.append(helper.make_node("Gemm", ["flat", fc_w, fc_b], ["logits"], name="fc", transB=1))
+    graph = helper.make_graph(
+        nodes, "mobilenet_1x1",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, resolution, resolution])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, classes])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model

@@ -5,7 +5,8 @@ join :func:`graph_passes`. Every target gets the inference simplifications:
 batch norm decomposed, then folded with conv biases into the conv weights
 (:mod:`.fold_affine`), and constants folded. CPU targets then run their conv
 regions channels-last (:mod:`.channels_last`), the layout the CPU kernels in
-``edgecc.schedules`` vectorise. Half-precision matmuls and softmaxes accumulate
+``edgecc.schedules`` vectorise, and sparse constant weights become fused block-sparse
+kernels (:mod:`.sparsify`, ``sparsity="off"`` disables it). Half-precision matmuls and softmaxes accumulate
 in float32 (:mod:`.precision`).
 """
 
@@ -16,13 +17,19 @@ from tvm import relax
 from .channels_last import ChannelsLast
 from .fold_affine import FoldAffineIntoConv
 from .precision import AccumulateFloat32
+from .sparsify import Sparsify
 
 
-def graph_passes(preset) -> list:
-    """The graph phase of the pipeline for a target preset (a list of TVM passes)."""
+SPARSITY_MODES = ("auto", "off")
+
+
+def graph_passes(preset, sparsity: str = "auto") -> list:
+    """The graph phase of the pipeline for a target preset (a list of TVM passes);
+    ``sparsity`` is ``auto`` (sparse weights to sparse kernels where measured faster) or ``off``."""
     passes = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
               relax.transform.FoldConstant(), FoldAffineIntoConv(),
               relax.transform.DeadCodeElimination(), AccumulateFloat32()]
     if preset.device == "cpu":
-        passes += [ChannelsLast(), relax.transform.DeadCodeElimination()]
+        passes += [ChannelsLast(), relax.transform.DeadCodeElimination(),
+                   Sparsify(preset, sparsity), relax.transform.DeadCodeElimination()]
     return passes + [relax.transform.FoldConstant()]

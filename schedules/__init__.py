@@ -19,7 +19,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
-from . import cpu, gpu, winograd
+from . import cpu, gpu, sparse, winograd
 from .compute import conv2d_legalizer, extreme_reduce_legalizers, fast_math_legalizers, matmul_legalizer
 
 RULE_ATTR = "edgecc.schedule"
@@ -53,6 +53,9 @@ def schedule_cpu(sch: Schedule, lanes: int, partial_tiles: bool = True,
     when ``choices`` names a variant that does not apply to this kernel.
     ``partial_tiles=False`` keeps register tiles exact divisors (RVV cannot lower predicated
     vector loops)."""
+    sparse_block = sparse.kernel_of(sch)
+    if sparse_block is not None:
+        return None if choices.variant else sparse.schedule(sch, sparse_block, lanes)
     transform = winograd.kernel_of(sch)
     if transform is not None and not choices.variant:
         done = (winograd.schedule_input if transform == winograd.INPUT else winograd.schedule_output)(sch, lanes)

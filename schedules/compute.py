@@ -242,7 +242,7 @@ def conv2d_legalizer(lanes: int, winograd=None):
 
 
 def fast_math_legalizers() -> dict:
-    """float32 ``exp``/``erf``/``tanh``/``softmax`` as TVM's vectorisable polynomial forms
+    """float32 ``exp``/``erf``/``gelu``/``tanh``/``softmax`` as TVM's vectorisable polynomial forms
     (``topi.fast_*``, within a few ulp of libm) instead of one scalar libm call per element."""
     def make(op_name, fast, with_axis=False):
         default = tvm.ir.Op.get(op_name).get_attr("FLegalize")
@@ -256,7 +256,13 @@ def fast_math_legalizers() -> dict:
 
         return legalize
 
+    def fast_gelu(x):  # 0.5 x (1 + erf(x / sqrt 2)), as TVM's legalization but with fast_erf
+        erf = topi.fast_erf(topi.multiply(x, tvm.tirx.const(0.5 ** 0.5, "float32")))
+        return te.compute(x.shape, lambda *i: x(*i) * (tvm.tirx.const(0.5, "float32")
+                                                        + erf(*i) * tvm.tirx.const(0.5, "float32")), name="gelu")
+
     return {"relax.exp": make("relax.exp", topi.fast_exp), "relax.erf": make("relax.erf", topi.fast_erf),
+            "relax.nn.gelu": make("relax.nn.gelu", fast_gelu),
             "relax.tanh": make("relax.tanh", topi.fast_tanh),
             "relax.nn.softmax": make("relax.nn.softmax", topi.nn.fast_softmax, with_axis=True)}
 

@@ -26,6 +26,7 @@ import tvm
 from tvm import relax, te, tirx, topi
 from tvm.relax.frontend.onnx import onnx_frontend
 from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter, get_constant, get_type
+from tvm.ir.expr import Constant
 from tvm.script import tirx as T
 
 from .converters import register_converter
@@ -350,6 +351,41 @@ class Elu(OnnxOpConverter):
     def _impl_v1(cls, bb, inputs, attr, params):
         alpha = float(attr.get("alpha", 1.0))
         return _in_float32(bb, inputs[0], lambda x, dtype: _elu(x, alpha, dtype))
+
+
+@register_converter("Clip")
+class Clip(onnx_frontend.Clip):
+    """Clip as Relax ``maximum``/``minimum`` ops rather than TVM's prebuilt TE calls, so graph
+    passes see a ReLU6 as elementwise: the channels-last pass keeps it in NHWC and fuses it
+    into the conv before it, instead of transposing around every activation."""
+
+    @classmethod
+    def _bounded(cls, bb, x, bound, for_min: bool):
+        dtype = str(x.ty.dtype)
+        value = bound.value.numpy() if isinstance(bound, Constant) else None
+        if value is not None:
+            if np.issubdtype(value.dtype, np.floating) and np.isnan(value).any():
+                value = np.where(np.isnan(value), -np.inf if for_min else np.inf, value)
+            bound = relax.const(value.astype(dtype), dtype)
+        else:
+            bound = cls._sanitize_nan_clip_bound(bb, bound, for_min=for_min)
+        return relax.op.maximum(x, bound) if for_min else relax.op.minimum(x, bound)
+
+    @classmethod
+    def _impl_v1(cls, bb, inputs, attr, params):
+        dtype = str(inputs[0].ty.dtype)
+        x = inputs[0]
+        for name, default, for_min in (("min", -np.inf, True), ("max", np.inf, False)):
+            x = bb.normalize(cls._bounded(bb, x, relax.const(float(attr.get(name, default)), dtype), for_min))
+        return x
+
+    @classmethod
+    def _impl_v13(cls, bb, inputs, attr, params):
+        x = inputs[0]
+        for bound, for_min in ((inputs[1], True), (inputs[2], False)):
+            if bound is not None:
+                x = bb.normalize(cls._bounded(bb, x, bound, for_min))
+        return x
 
 
 @register_converter("Celu")

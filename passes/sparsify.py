@@ -1,0 +1,253 @@
+"""Sparse constant weights to block-sparse kernels, with their epilogues fused in.
+
+For every ``matmul(x, W)`` and 1x1 stride-1 NHWC ``conv2d(x, W)`` with a constant weight,
+this pass measures the weight's sparsity and picks a block shape of ``R`` x 1 (``R`` output
+channels by one input channel, ``R`` in 1, 2, 4) minimising the work
+``blocks x (R + 1)`` (one vector load shared by ``R`` multiply-adds per block). When the
+blocks' fill ``blocks x R / (N x K)`` is at or below the threshold measured for the
+target (:data:`THRESHOLDS`), the op becomes :func:`edgecc.schedules.sparse.kernel`.
+
+The sparse kernel runs channels-first: it reads ``x`` transposed to ``[K, Mp]`` and writes
+``yt = [N, Mp]`` (``M`` tokens or pixels, padded to whole register tiles). Like
+:mod:`.channels_last`, the pass carries that layout forward: per-channel bias adds,
+activations and other elementwise ops on a sparse output are rewritten onto ``yt`` (so
+``FuseOps`` fuses them into the sparse kernel), and a sparse layer that reads another's
+output takes its ``yt`` directly, with no transposes between them. Every converted value
+also gets a transposed twin in the original layout, which dead-code elimination drops
+when nothing reads it (a residual add, say, reads the twin and fuses with its transpose).
+
+Not converted: weights with fewer than :data:`MIN_WEIGHTS` values, fewer rows ``M`` than one
+SIMD vector (batch-1 decoding: nothing to vectorise over), and symbolic shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from ._util import const_array, op_name, rebind, static_shape
+from .channels_last import BINARY, UNARY
+
+REPORT_ATTR = "edgecc.sparsity"
+MIN_WEIGHTS = 4096
+BLOCK_ROWS = (1, 2, 4)
+
+# Largest block fill (blocks x R / weights) at which the sparse kernel is faster than the dense
+# one, per CPU arch and op; measured by ``bench/sparse.py --crossover`` on the host
+# (x86_64, AVX-512, 2 threads). aarch64 and riscv64 have no hardware here to measure on: they
+# take the host's values.
+THRESHOLDS = {
+    "x86_64": {"matmul": 0.45, "conv1x1": 0.45},
+}
+
+
+def threshold(arch: str, kind: str) -> float:
+    """The block fill below which ``kind`` (``matmul`` or ``conv1x1``) runs sparse on ``arch``."""
+    return THRESHOLDS.get(arch, THRESHOLDS["x86_64"])[kind]
+
+
+@dataclasses.dataclass
+class Choice:
+    """What the pass decided for one weight."""
+
+    layer: str
+    op: str
+    weight: list[int]  # [N, K]
+    sparsity: float  # zero values / all values
+    block: str  # "Rx1"
+    fill: float  # blocks x R / weights
+    converted: bool
+    reason: str
+    kernel: str | None = None
+
+
+def choose_block(weight_nk: np.ndarray) -> tuple[int, int]:
+    """``(R, blocks)`` for the R x 1 block shape with the least work ``blocks x (R + 1)``."""
+    from edgecc.schedules import sparse  # edgecc.schedules imports this package
+
+    best = None
+    for rows in BLOCK_ROWS:
+        blocks = sparse.block_count(weight_nk, rows)
+        cost = blocks * (rows + 1)
+        if best is None or cost < best[0]:
+            best = (cost, rows, blocks)
+    return best[1], best[2]
+
+
+def _weight_nk(call):
+    """``(kind, [N, K] weight, M, output shape)`` of a sparsifiable call, else None."""
+    name = op_name(call)
+    if name == "relax.matmul":
+        weight = const_array(call.args[1])
+        in_shape, out_shape = static_shape(call.args[0]), static_shape(call)
+        if weight is None or weight.ndim != 2 or in_shape is None or out_shape is None or len(in_shape) < 2:
+            return None
+        return "matmul", weight.T, int(np.prod(in_shape[:-1])), out_shape
+    if name == "relax.nn.conv2d":
+        attrs = call.attrs
+        weight = const_array(call.args[1])
+        out_shape = static_shape(call)
+        if (weight is None or out_shape is None or attrs.data_layout != "NHWC" or attrs.out_layout != "NHWC"
+                or attrs.kernel_layout != "OIHW" or weight.shape[2:] != (1, 1) or int(attrs.groups) != 1
+                or any(int(s) != 1 for s in attrs.strides) or any(int(p) != 0 for p in attrs.padding)):
+            return None
+        return "conv1x1", weight[:, :, 0, 0], int(np.prod(out_shape[:-1])), out_shape
+    return None
+
+
+@mutator
+class _Sparsify(PyExprMutator):
+    def __init__(self, mod, preset, report: list):
+        from edgecc.schedules import fp32_lanes
+
+        super().__init__(mod)
+        self.lanes = fp32_lanes(preset)
+        self.arch = preset.arch
+        self.report = report
+        self.stored: dict = {}  # original Var -> (yt Var [Np, Mp], M, output shape)
+
+    def _decide(self, binding, kind, weight_nk, m):
+        n, k = weight_nk.shape
+        sparsity = float(1.0 - np.count_nonzero(weight_nk) / weight_nk.size)
+        rows, blocks = choose_block(weight_nk)
+        fill = blocks * rows / weight_nk.size
+        limit = threshold(self.arch, kind)
+        converted = False
+        if weight_nk.dtype != np.float32:
+            reason = f"{weight_nk.dtype} weight (float32 only)"
+        elif weight_nk.size < MIN_WEIGHTS:
+            reason = f"{weight_nk.size} weights < {MIN_WEIGHTS}"
+        elif m < self.lanes:
+            reason = f"{m} rows < one {self.lanes}-lane vector"
+        elif fill > limit:
+            reason = f"block fill {fill:.2f} > threshold {limit:.2f}"
+        else:
+            converted, reason = True, f"block fill {fill:.2f} <= threshold {limit:.2f}"
+        choice = Choice(binding.var.name, kind, [n, k], round(sparsity, 4), f"{rows}x1", round(fill, 4),
+                        converted, reason)
+        self.report.append(choice)
+        return choice, rows
+
+    def _transposed_input(self, x, m, mp):
+        """``x`` as ``[K, Mp]``: a tracked sparse output as it is, else transposed and padded."""
+        if isinstance(x, relax.Var) and x in self.stored:
+            yt, m_in, _ = self.stored[x]
+            if m_in == m:
+                return yt  # rows past K (block padding) are zero and never read
+        shape = static_shape(x)
+        flat = relax.op.reshape(self.visit_expr(x), [m, shape[-1]])
+        xt = self.builder_.emit(relax.op.permute_dims(flat, [1, 0]))
+        if mp > m:
+            xt = self.builder_.emit(relax.op.nn.pad(xt, [0, 0, 0, mp - m]))
+        return xt
+
+    def _sparse(self, binding, call):
+        from edgecc.schedules import sparse
+
+        found = _weight_nk(call)
+        if found is None:
+            return None
+        kind, weight_nk, m, out_shape = found
+        choice, rows = self._decide(binding, kind, weight_nk, m)
+        if not choice.converted:
+            return None
+        n, k = weight_nk.shape
+        mp = sparse.padded_rows(m, self.lanes)
+        data, indices, indptr = sparse.to_bsr(np.ascontiguousarray(weight_nk, dtype=np.float32), rows)
+        xt = self._transposed_input(call.args[0], m, mp)
+        func = sparse.kernel(int(xt.ty.shape[0]), mp, n, rows, data.shape[0], self.lanes)
+        gvar = self.builder_.add_func(func, "sparse_bsr")
+        choice.kernel = gvar.name_hint
+        yt = self.builder_.emit(relax.call_tir(
+            gvar, [xt, relax.const(data), relax.const(indices), relax.const(indptr)],
+            relax.TensorType([sparse.padded_channels(n, rows), mp], "float32")))
+        return yt, m, out_shape
+
+    def _elementwise(self, call):
+        """An elementwise op on tracked values, rewritten onto their ``yt``; else None."""
+        name = op_name(call)
+        if name not in UNARY and name not in BINARY:
+            return None
+        tracked = [self.stored[a] for a in call.args if isinstance(a, relax.Var) and a in self.stored]
+        if not tracked or static_shape(call) != tracked[0][2]:
+            return None
+        first, m, out_shape = tracked[0]
+        n, rows = out_shape[-1], int(first.ty.shape[0])
+        args = []
+        for arg in call.args:
+            if isinstance(arg, relax.Var) and arg in self.stored:
+                yt, m_arg, shape_arg = self.stored[arg]
+                if (m_arg, shape_arg, int(yt.ty.shape[0])) != (m, out_shape, rows):
+                    return None
+                args.append(yt)
+                continue
+            value = const_array(arg)
+            if value is None or not isinstance(arg.ty, relax.TensorType):
+                if isinstance(arg.ty, relax.TensorType):
+                    return None  # another runtime tensor, in the original layout
+                args.append(arg)
+                continue
+            if value.ndim > len(out_shape) or any(d != 1 for d in value.shape[:-1]) \
+                    or (value.ndim and value.shape[-1] not in (1, n)):
+                return None  # not a per-channel constant
+            column = value.reshape(-1)
+            if column.size > 1:  # one value per channel, zero for the block-padding rows
+                args.append(relax.const(np.pad(column, (0, rows - n)).reshape(-1, 1), str(value.dtype)))
+            else:
+                args.append(relax.const(column.reshape(()), str(value.dtype)))
+        return relax.Call(call.op, args, call.attrs, call.ty_args), m, out_shape
+
+    def visit_dataflow_block_(self, block):
+        self.stored = {}
+        return super().visit_dataflow_block_(block)
+
+    def visit_var_binding_(self, binding):
+        value = binding.value
+        converted = None
+        if isinstance(value, relax.Call):
+            converted = self._sparse(binding, value)
+            if converted is None:
+                rewritten = self._elementwise(value)
+                if rewritten is not None:
+                    expr, m, out_shape = rewritten
+                    converted = self.builder_.emit(expr), m, out_shape
+        if converted is None:
+            super().visit_var_binding_(binding)
+            return
+        yt, m, out_shape = converted
+        self.stored[binding.var] = converted
+        rows, mp = (int(d) for d in yt.ty.shape)
+        n = out_shape[-1]
+        back = yt if (rows, mp) == (n, m) else relax.op.strided_slice(yt, axes=[0, 1], begin=[0, 0], end=[n, m])
+        rebind(self, binding, relax.op.reshape(relax.op.permute_dims(back, [1, 0]), list(out_shape)))
+
+
+def Sparsify(preset, mode: str = "auto"):  # noqa: N802 (TVM pass naming)
+    """Pass: sparse constant matmul / 1x1-conv weights to fused BSR kernels (``mode="off"``: none).
+    Its decisions for every candidate weight go to the module attribute ``edgecc.sparsity``
+    (JSON, see :func:`report_of`)."""
+    import tvm
+
+    @tvm.transform.module_pass(opt_level=0, name="edgecc.Sparsify")
+    def _pass(mod, _ctx):
+        if mode == "off":
+            return mod
+        report: list[Choice] = []
+        sparsifier = _Sparsify(mod, preset, report)
+        for gvar, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                sparsifier.builder_.update_func(gvar, sparsifier.visit_expr(func))
+        new = sparsifier.builder_.get()
+        return new.with_attr(REPORT_ATTR, json.dumps([dataclasses.asdict(c) for c in report]))
+
+    return _pass
+
+
+def report_of(mod) -> list[dict]:
+    """The sparsity decisions :func:`Sparsify` recorded on ``mod`` (empty when it did not run)."""
+    attrs = mod.attrs or {}
+    return json.loads(str(attrs[REPORT_ATTR])) if REPORT_ATTR in attrs else []

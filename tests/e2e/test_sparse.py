@@ -1,0 +1,153 @@
+"""Pruned models built with sparse kernels: same numbers as the dense build and ONNX Runtime,
+on the host and on arm and riscv under qemu; the manifest and ``edgecc prune``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import edgecc
+from edgecc.prune import prune_model
+from edgecc.zoo import ffn_model, mobilenet_model, sample_inputs
+from tests.conftest import run_cli
+
+# Sparse and dense kernels sum the same products in different orders: fp32 rounding only.
+RTOL, ATOL = 1e-5, 1e-5
+
+
+def _ffn(sparsity=0.9, block=(1, 1)):
+    model, pruned = prune_model(ffn_model(d_model=64, hidden=256, seq=32), sparsity, block)
+    assert len(pruned) == 2
+    return model
+
+
+def _mobilenet(sparsity=0.85):
+    model, _ = prune_model(mobilenet_model(resolution=32, blocks=((64, 1), (128, 2), (128, 1)), classes=10),
+                           sparsity, (1, 1))
+    return model
+
+
+def _reference(model, inputs):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, inputs)[0]
+
+
+def _output(bundle, inputs):
+    return next(iter(bundle.run(inputs).values()))
+
+
+def _sparse_rules(bundle):
+    rules = next(p["kernels"] for p in bundle.manifest["passes"] if p["phase"] == "schedule")
+    return {name: rule for name, rule in rules.items() if rule == "sparse-bsr"}
+
+
+@pytest.mark.parametrize("sparsity, block, expected_block", [(0.9, (1, 1), "1x1"), (0.8, (4, 1), "4x1")])
+def test_pruned_ffn_sparse_equals_dense_and_onnxruntime(sparsity, block, expected_block):
+    model = _ffn(sparsity, block)
+    inputs = sample_inputs(model)
+    sparse = edgecc.compile(model, "host")
+    dense = edgecc.compile(model, "host", sparsity="off")
+    got, want = _output(sparse, inputs), _output(dense, inputs)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got, _reference(model, inputs), rtol=RTOL, atol=ATOL)
+
+    layers = sparse.manifest["sparsity"]["layers"]
+    assert sparse.manifest["sparsity"]["mode"] == "auto"
+    assert [(layer["op"], layer["weight"], layer["block"], layer["converted"]) for layer in layers] == [
+        ("matmul", [256, 64], expected_block, True), ("matmul", [64, 256], expected_block, True)]
+    assert all(abs(layer["sparsity"] - sparsity) < 0.02 and layer["kernel"] for layer in layers)
+    assert dense.manifest["sparsity"] == {"mode": "off", "layers": []}
+    assert not _sparse_rules(dense)
+
+
+def test_sparse_layer_is_one_kernel_with_its_epilogue():
+    rules = _sparse_rules(edgecc.compile(_ffn(), "host"))
+    # first layer: matmul + bias + Gelu in one kernel; second: matmul + bias
+    assert sorted(rules) == ["fused_sparse_bsr1_add1", "fused_sparse_bsr_add_fast_gelu"], rules
+
+
+def test_pruned_mobilenet_sparse_1x1_convs_match():
+    model = _mobilenet()
+    inputs = sample_inputs(model)
+    sparse = edgecc.compile(model, "host")
+    layers = sparse.manifest["sparsity"]["layers"]
+    converted = [layer["weight"] for layer in layers if layer["converted"]]
+    assert converted == [[128, 64], [128, 128]], layers  # 64x32 is under the size floor
+    assert any("weights <" in layer["reason"] for layer in layers if not layer["converted"])
+    got = _output(sparse, inputs)
+    np.testing.assert_allclose(got, _output(edgecc.compile(model, "host", sparsity="off"), inputs),
+                               rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got, _reference(model, inputs), rtol=RTOL, atol=ATOL)
+
+
+def test_weight_below_threshold_stays_dense():
+    bundle = edgecc.compile(_ffn(0.3), "host")
+    layers = bundle.manifest["sparsity"]["layers"]
+    assert layers and not any(layer["converted"] for layer in layers)
+    assert all("> threshold" in layer["reason"] for layer in layers)
+    assert not _sparse_rules(bundle)
+
+
+@pytest.mark.parametrize("target", ["arm", "riscv"])
+def test_sparse_kernels_under_qemu_match_host(target):
+    model = _ffn(0.8, (4, 1))
+    inputs = sample_inputs(model)
+    bundle = edgecc.compile(model, target)
+    assert len(_sparse_rules(bundle)) == 2
+    np.testing.assert_allclose(_output(bundle, inputs), _output(edgecc.compile(model, "host"), inputs),
+                               rtol=RTOL, atol=ATOL)
+
+
+def test_mobilenet_on_arm_under_qemu_matches_onnxruntime():
+    model = _mobilenet()
+    inputs = sample_inputs(model)
+    bundle = edgecc.compile(model, "arm")
+    assert _sparse_rules(bundle)
+    np.testing.assert_allclose(_output(bundle, inputs), _reference(model, inputs), rtol=RTOL, atol=ATOL)
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+def test_prune_then_build_from_the_command_line(tmp_path):
+    dense = tmp_path / "ffn.onnx"
+    onnx.save(ffn_model(d_model=64, hidden=256, seq=32), dense)
+    pruned = tmp_path / "ffn-pruned.onnx"
+    result = run_cli("prune", dense, "--sparsity", "0.9", "--block", "4x1", "-o", pruned)
+    assert result.returncode == 0, result.stderr
+    assert "ff1.w (MatMul [64, 256]): 90.0% zeros" in result.stdout
+    assert "accuracy" in result.stdout
+
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(pruned).graph.initializer}
+    blocks = weights["ff1.w"].T.reshape(64, 4, 64)  # [N/4, 4, K]: a 4x1 block is 4 outputs at one input
+    assert np.all(np.all(blocks == 0, axis=1) | np.all(blocks != 0, axis=1))
+    assert np.count_nonzero(weights["ff1.b"]) == 256  # biases are left alone
+
+    out = tmp_path / "bundle"
+    result = run_cli("build", pruned, "-o", out, "--verbose")
+    assert result.returncode == 0, result.stderr
+    assert "4x1 blocks, sparse" in result.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [layer["block"] for layer in manifest["sparsity"]["layers"]] == ["4x1", "4x1"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--sparsity", "1.5"], "--sparsity must be in [0, 1)"),
+    (["--sparsity", "0.5", "--block", "4by1"], "--block must be RxC"),
+    (["--sparsity", "0.5", "--min-size", "100000000"], "no prunable weight"),
+])
+def test_prune_bad_arguments_are_one_line(tmp_path, args, message):
+    model = tmp_path / "ffn.onnx"
+    onnx.save(ffn_model(d_model=64, hidden=256, seq=32), model)
+    result = run_cli("prune", model, *args, "-o", tmp_path / "out.onnx")
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_unknown_sparsity_mode_is_refused():
+    with pytest.raises(edgecc.errors.UserInputError, match="valid: auto, off"):
+        edgecc.compile(_ffn(), "host", sparsity="always")
