@@ -3,7 +3,7 @@
 For every ``matmul(x, W)`` and 1x1 stride-1 NHWC ``conv2d(x, W)`` with a constant weight,
 this pass measures the weight's sparsity and picks a block shape of ``R`` x 1 (``R`` output
 channels by one input channel, ``R`` in 1, 2, 4) minimising the work
-``blocks x (R + 1)`` (one vector load shared by ``R`` multiply-adds per block). When the
+``blocks x (R + 2)`` (per block, the loads and index arithmetic cost about two multiply-adds). When the
 blocks' fill ``blocks x R / (N x K)`` is at or below the threshold measured for the
 target (:data:`THRESHOLDS`), the op becomes :func:`edgecc.schedules.sparse.kernel`.
 
@@ -72,7 +72,7 @@ def choose_block(weight_nk: np.ndarray) -> tuple[int, int]:
     best = None
     for rows in BLOCK_ROWS:
         blocks = sparse.block_count(weight_nk, rows)
-        cost = blocks * (rows + 1)
+        cost = blocks * (rows + 2)
         if best is None or cost < best[0]:
             best = (cost, rows, blocks)
     return best[1], best[2]
@@ -99,6 +99,38 @@ def _weight_nk(call):
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class _Stored:
+    """A value the pass keeps channels-first: ``value`` holds the original ``shape`` (channels
+    last, ``m`` rows of pixels or tokens) as ``[Np, Mp]``: channels (padded to whole blocks)
+    by rows (padded to whole register tiles)."""
+
+    value: relax.Expr
+    m: int
+    shape: tuple
+
+    def back(self) -> relax.Expr:
+        """The original layout (the twin other readers use)."""
+        rows, mp = (int(d) for d in self.value.ty.shape)
+        n = self.shape[-1]
+        cm = self.value if (rows, mp) == (n, self.m) else relax.op.strided_slice(
+            self.value, axes=[0, 1], begin=[0, 0], end=[n, self.m])
+        return relax.op.reshape(relax.op.permute_dims(cm, [1, 0]), list(self.shape))
+
+    def constant(self, value: np.ndarray) -> relax.Expr | None:
+        """A constant operand broadcast against the original value, in this layout (None if it
+        varies along other axes than the channels)."""
+        n = self.shape[-1]
+        if value.ndim > len(self.shape) or any(d != 1 for d in value.shape[:-1]) \
+                or (value.ndim and value.shape[-1] not in (1, n)):
+            return None
+        column = value.reshape(-1)
+        if column.size == 1:
+            return relax.const(column.reshape(()), str(value.dtype))
+        rows = int(self.value.ty.shape[0])  # zero for the rows padding the last block
+        return relax.const(np.pad(column, (0, rows - n)).reshape(-1, 1), str(value.dtype))
+
+
 @mutator
 class _Sparsify(PyExprMutator):
     def __init__(self, mod, preset, report: list):
@@ -108,7 +140,7 @@ class _Sparsify(PyExprMutator):
         self.lanes = fp32_lanes(preset)
         self.arch = preset.arch
         self.report = report
-        self.stored: dict = {}  # original Var -> (yt Var [Np, Mp], M, output shape)
+        self.stored: dict = {}  # original Var -> _Stored
 
     def _decide(self, binding, kind, weight_nk, m):
         n, k = weight_nk.shape
@@ -132,20 +164,21 @@ class _Sparsify(PyExprMutator):
         self.report.append(choice)
         return choice, rows
 
+    def _tracked(self, expr) -> _Stored | None:
+        return self.stored.get(expr) if isinstance(expr, relax.Var) else None
+
     def _transposed_input(self, x, m, mp):
-        """``x`` as ``[K, Mp]``: a tracked sparse output as it is, else transposed and padded."""
-        if isinstance(x, relax.Var) and x in self.stored:
-            yt, m_in, _ = self.stored[x]
-            if m_in == m:
-                return yt  # rows past K (block padding) are zero and never read
-        shape = static_shape(x)
-        flat = relax.op.reshape(self.visit_expr(x), [m, shape[-1]])
+        """``x`` as ``[K, Mp]``: a tracked value as it is, else transposed and padded."""
+        stored = self._tracked(x)
+        if stored is not None and stored.m == m:
+            return stored.value  # rows past K (block padding) are zero and never read
+        flat = relax.op.reshape(self.visit_expr(x), [m, static_shape(x)[-1]])
         xt = self.builder_.emit(relax.op.permute_dims(flat, [1, 0]))
         if mp > m:
             xt = self.builder_.emit(relax.op.nn.pad(xt, [0, 0, 0, mp - m]))
         return xt
 
-    def _sparse(self, binding, call):
+    def _sparse(self, binding, call) -> _Stored | None:
         from edgecc.schedules import sparse
 
         found = _weight_nk(call)
@@ -165,41 +198,36 @@ class _Sparsify(PyExprMutator):
         yt = self.builder_.emit(relax.call_tir(
             gvar, [xt, relax.const(data), relax.const(indices), relax.const(indptr)],
             relax.TensorType([sparse.padded_channels(n, rows), mp], "float32")))
-        return yt, m, out_shape
+        return _Stored(yt, m, out_shape)
 
-    def _elementwise(self, call):
-        """An elementwise op on tracked values, rewritten onto their ``yt``; else None."""
+    def _elementwise(self, call) -> _Stored | None:
+        """An elementwise op on tracked values, rewritten onto their stored layout; else None."""
         name = op_name(call)
         if name not in UNARY and name not in BINARY:
             return None
-        tracked = [self.stored[a] for a in call.args if isinstance(a, relax.Var) and a in self.stored]
-        if not tracked or static_shape(call) != tracked[0][2]:
+        tracked = [self._tracked(a) for a in call.args if self._tracked(a) is not None]
+        if not tracked or static_shape(call) != tracked[0].shape:
             return None
-        first, m, out_shape = tracked[0]
-        n, rows = out_shape[-1], int(first.ty.shape[0])
+        first = tracked[0]
         args = []
         for arg in call.args:
-            if isinstance(arg, relax.Var) and arg in self.stored:
-                yt, m_arg, shape_arg = self.stored[arg]
-                if (m_arg, shape_arg, int(yt.ty.shape[0])) != (m, out_shape, rows):
+            stored = self._tracked(arg)
+            if stored is not None:
+                if (stored.m, stored.shape, tuple(stored.value.ty.shape)) != \
+                        (first.m, first.shape, tuple(first.value.ty.shape)):
                     return None
-                args.append(yt)
+                args.append(stored.value)
                 continue
             value = const_array(arg)
-            if value is None or not isinstance(arg.ty, relax.TensorType):
-                if isinstance(arg.ty, relax.TensorType):
-                    return None  # another runtime tensor, in the original layout
+            if not isinstance(arg.ty, relax.TensorType):
                 args.append(arg)
                 continue
-            if value.ndim > len(out_shape) or any(d != 1 for d in value.shape[:-1]) \
-                    or (value.ndim and value.shape[-1] not in (1, n)):
-                return None  # not a per-channel constant
-            column = value.reshape(-1)
-            if column.size > 1:  # one value per channel, zero for the block-padding rows
-                args.append(relax.const(np.pad(column, (0, rows - n)).reshape(-1, 1), str(value.dtype)))
-            else:
-                args.append(relax.const(column.reshape(()), str(value.dtype)))
-        return relax.Call(call.op, args, call.attrs, call.ty_args), m, out_shape
+            operand = first.constant(value) if value is not None else None
+            if operand is None:
+                return None  # a runtime tensor in the original layout, or not per channel
+            args.append(operand)
+        expr = self.builder_.emit(relax.Call(call.op, args, call.attrs, call.ty_args))
+        return _Stored(expr, first.m, first.shape)
 
     def visit_dataflow_block_(self, block):
         self.stored = {}
@@ -207,23 +235,14 @@ class _Sparsify(PyExprMutator):
 
     def visit_var_binding_(self, binding):
         value = binding.value
-        converted = None
+        stored = None
         if isinstance(value, relax.Call):
-            converted = self._sparse(binding, value)
-            if converted is None:
-                rewritten = self._elementwise(value)
-                if rewritten is not None:
-                    expr, m, out_shape = rewritten
-                    converted = self.builder_.emit(expr), m, out_shape
-        if converted is None:
+            stored = self._sparse(binding, value) or self._elementwise(value)
+        if stored is None:
             super().visit_var_binding_(binding)
             return
-        yt, m, out_shape = converted
-        self.stored[binding.var] = converted
-        rows, mp = (int(d) for d in yt.ty.shape)
-        n = out_shape[-1]
-        back = yt if (rows, mp) == (n, m) else relax.op.strided_slice(yt, axes=[0, 1], begin=[0, 0], end=[n, m])
-        rebind(self, binding, relax.op.reshape(relax.op.permute_dims(back, [1, 0]), list(out_shape)))
+        self.stored[binding.var] = stored
+        rebind(self, binding, stored.back())
 
 
 def Sparsify(preset, mode: str = "auto"):  # noqa: N802 (TVM pass naming)

@@ -33,6 +33,7 @@ from tvm.script import tirx as T
 from .cpu import _vectorize_inner, inline_spatial_blocks
 
 SPARSE_ATTR = "edgecc.sparse"
+MAX_STACK_BYTES = 1024  # TVM's kMaxStackAlloca: larger local buffers go to the workspace heap
 
 
 def _row_blocks(weight_nk: np.ndarray, rows: int) -> np.ndarray:
@@ -84,6 +85,8 @@ def kernel(k: int, mp: int, n: int, rows: int, nnzb: int, lanes: int, vectors: i
     """``yt[Np, Mp] = W @ xt[K, Mp]`` for a BSR weight of ``nnzb`` blocks of ``rows`` x 1
     (``Np`` = :func:`padded_channels`; rows past ``N`` come out zero)."""
     vectors = vectors or tile_vectors(mp, lanes)
+    while rows * vectors * lanes * 4 >= MAX_STACK_BYTES and vectors % 2 == 0:
+        vectors //= 2  # TVM puts accumulators of 1 KiB or more on the heap, out of registers
     tile = vectors * lanes
     assert mp % tile == 0, (mp, tile)
     i64 = T.int64

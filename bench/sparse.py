@@ -1,0 +1,155 @@
+"""Issue 7's figures: pruned models with edgecc's sparse kernels against its dense build and
+ONNX Runtime (which runs the pruned model dense), interleaved in one run.
+
+    .venv/bin/python bench/sparse.py [--threads 2] [--rounds 7] [--repeat 10] [--crossover]
+
+Models (seeded random weights, magnitude-pruned with ``edgecc.prune``):
+
+- ``ffn``: a BERT-base feed-forward block, 768 -> 3072 (Gelu) -> 768 on 128 tokens, with its
+  residual add; pruned to 90% unstructured and to 80% in 4x1 blocks.
+- ``mobilenet``: a MobileNet-v1-style network at 112x112 (depthwise 3x3 + 1x1 convs, ReLU6),
+  every prunable weight at 85% (the 1x1 convs run sparse; the classifier has one row and
+  stays dense).
+
+Each round times edgecc sparse, edgecc dense (``sparsity="off"``) and ONNX Runtime, in a
+rotating order; the table gives medians over rounds and the speed-ups dense / sparse and
+ORT / sparse (above 1: the sparse build is faster).
+
+``--crossover`` sweeps one layer of each kind (the FFN's 768 -> 3072 matmul on 128 tokens; a
+1x1 conv 128 -> 256 at 28x28) over block fills, forcing the sparse kernel, and prints where it
+starts to beat the dense kernel: the numbers behind ``edgecc.passes.sparsify.THRESHOLDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+import edgecc
+from edgecc.passes import sparsify
+from edgecc.prune import prune_model
+from edgecc.zoo import ffn_model, mobilenet_model, sample_inputs
+
+
+def _ort_session(model, threads):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def race(model, bundles: dict, threads: int, rounds: int, repeat: int, with_ort: bool = True) -> dict:
+    """Median ms per contestant (edgecc bundles by name, and ``ort``), interleaved round by round."""
+    inputs = sample_inputs(model)
+    runners = {}
+    for name, bundle in bundles.items():
+        def run_bundle(bundle=bundle):
+            timing = {}
+            bundle.run(inputs, repeat=repeat, threads=threads, timing=timing)
+            return timing["median_ms"]
+        runners[name] = run_bundle
+    if with_ort:
+        session = _ort_session(model, threads)
+
+        def run_ort():
+            session.run(None, inputs)
+            times = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                session.run(None, inputs)
+                times.append((time.perf_counter() - start) * 1e3)
+            return statistics.median(times)
+        runners["ort"] = run_ort
+    samples = {name: [] for name in runners}
+    names = list(runners)
+    for index in range(rounds):
+        for name in names[index % len(names):] + names[:index % len(names)]:
+            samples[name].append(runners[name]())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def models():
+    ffn = ffn_model()
+    yield "ffn 90% unstructured", prune_model(ffn, 0.9, (1, 1))[0]
+    yield "ffn 80% 4x1 blocks", prune_model(ffn, 0.8, (4, 1))[0]
+    yield "mobilenet 85%", prune_model(mobilenet_model(), 0.85, (1, 1))[0]
+
+
+def headline(args) -> None:
+    print(f"{'model':<24}{'sparse ms':>10}{'dense ms':>10}{'ORT ms':>9}{'dense/sparse':>14}{'ORT/sparse':>12}"
+          f"{'layers':>8}", flush=True)
+    for name, model in models():
+        sparse = edgecc.compile(model, "host")
+        dense = edgecc.compile(model, "host", sparsity="off")
+        layers = sparse.manifest["sparsity"]["layers"]
+        converted = sum(layer["converted"] for layer in layers)
+        ms = race(model, {"sparse": sparse, "dense": dense}, args.threads, args.rounds, args.repeat)
+        print(f"{name:<24}{ms['sparse']:>10.3f}{ms['dense']:>10.3f}{ms['ort']:>9.3f}"
+              f"{ms['dense'] / ms['sparse']:>13.2f}x{ms['ort'] / ms['sparse']:>11.2f}x{converted:>5}/{len(layers)}",
+              flush=True)
+
+
+def _one_layer(kind: str, weight: np.ndarray):
+    """A model of one matmul (x[128, 768] @ W) or one 1x1 conv (128 -> 256 at 28x28)."""
+    if kind == "matmul":
+        node = helper.make_node("MatMul", ["x", "w"], ["y"])
+        x_shape, y_shape = [128, weight.shape[0]], [128, weight.shape[1]]
+    else:
+        node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1])
+        x_shape, y_shape = [1, weight.shape[1], 28, 28], [1, weight.shape[0], 28, 28]
+    graph = helper.make_graph([node], kind, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+                              [numpy_helper.from_array(weight, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def crossover(args) -> None:
+    """Sparse / dense time per block fill, the sparse kernel forced on."""
+    saved = {arch: dict(limits) for arch, limits in sparsify.THRESHOLDS.items()}
+    for limits in sparsify.THRESHOLDS.values():
+        for kind in limits:
+            limits[kind] = 1.0
+    rng = np.random.default_rng(0)
+    try:
+        print(f"{'layer':<10}{'block':>6}{'fill':>7}{'sparse ms':>11}{'dense ms':>10}{'dense/sparse':>14}", flush=True)
+        for kind, shape in (("matmul", (768, 3072)), ("conv1x1", (256, 128, 1, 1))):
+            for block in ((1, 1), (4, 1)):
+                wins = []
+                for density in (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
+                    model = _one_layer(kind, rng.standard_normal(shape).astype(np.float32))
+                    model = prune_model(model, 1.0 - density, block, min_size=1)[0]
+                    sparse = edgecc.compile(model, "host")
+                    dense = edgecc.compile(model, "host", sparsity="off")
+                    (layer,) = sparse.manifest["sparsity"]["layers"]
+                    ms = race(model, {"sparse": sparse, "dense": dense}, args.threads, args.rounds, args.repeat,
+                              with_ort=False)
+                    speedup = ms["dense"] / ms["sparse"]
+                    wins.append((layer["fill"], speedup))
+                    print(f"{kind:<10}{layer['block']:>6}{layer['fill']:>7.2f}{ms['sparse']:>11.3f}"
+                          f"{ms['dense']:>10.3f}{speedup:>13.2f}x", flush=True)
+                faster = [fill for fill, speedup in wins if speedup > 1.0]
+                print(f"  {kind} {block[0]}x{block[1]}: sparse faster up to a block fill of "
+                      f"{max(faster) if faster else 0:.2f}", flush=True)
+    finally:
+        sparsify.THRESHOLDS.clear()
+        sparsify.THRESHOLDS.update(saved)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--crossover", action="store_true", help="also sweep block fills per layer kind")
+    args = parser.parse_args()
+    headline(args)
+    if args.crossover:
+        crossover(args)
+
+
+if __name__ == "__main__":
+    main()
