@@ -7,6 +7,8 @@ Models (seeded random weights, magnitude-pruned with ``edgecc.prune``):
 
 - ``ffn``: a BERT-base feed-forward block, 768 -> 3072 (Gelu) -> 768 on 128 tokens, with its
   residual add; pruned to 90% unstructured and to 80% in 4x1 blocks.
+- ``encoder``: the 4-layer encoder of ``bench/tuned.py`` (d_model 256, 128 tokens) with its
+  Q/K/V/output projections and FFNs pruned to 90% unstructured.
 - ``mobilenet``: a MobileNet-v1-style network at 112x112 (depthwise 3x3 + 1x1 convs, ReLU6),
   every prunable weight at 85% (the 1x1 convs run sparse; the classifier has one row and
   stays dense).
@@ -36,7 +38,7 @@ from onnx import TensorProto, helper, numpy_helper
 import edgecc
 from edgecc.passes import sparsify
 from edgecc.prune import prune_model
-from edgecc.zoo import ffn_model, mobilenet_model, sample_inputs
+from edgecc.zoo import encoder_model, ffn_model, mobilenet_model, sample_inputs
 
 
 def _ort_session(model, threads):
@@ -79,6 +81,7 @@ def models():
     ffn = ffn_model()
     yield "ffn 90% unstructured", prune_model(ffn, 0.9, (1, 1))[0]
     yield "ffn 80% 4x1 blocks", prune_model(ffn, 0.8, (4, 1))[0]
+    yield "encoder 90% unstructured", prune_model(encoder_model(), 0.9, (1, 1))[0]
     yield "mobilenet 85%", prune_model(mobilenet_model(), 0.85, (1, 1))[0]
 
 

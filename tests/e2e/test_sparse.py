@@ -12,7 +12,7 @@ import pytest
 
 import edgecc
 from edgecc.prune import prune_model
-from edgecc.zoo import ffn_model, mobilenet_model, sample_inputs
+from edgecc.zoo import encoder_model, ffn_model, mobilenet_model, sample_inputs
 from tests.conftest import run_cli
 
 # Sparse and dense kernels sum the same products in different orders: fp32 rounding only.
@@ -82,6 +82,17 @@ def test_pruned_mobilenet_sparse_1x1_convs_match():
     np.testing.assert_allclose(got, _output(edgecc.compile(model, "host", sparsity="off"), inputs),
                                rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(got, _reference(model, inputs), rtol=RTOL, atol=ATOL)
+
+
+def test_pruned_encoder_attention_projections_and_erf_gelu():
+    """Q/K/V/output projections and an FFN whose GELU is written out (Div, Erf, Add, Mul, Mul)."""
+    model, _ = prune_model(encoder_model(layers=1, d_model=64, heads=2, seq=32, ffn=256), 0.9, (1, 1))
+    inputs = sample_inputs(model)
+    bundle = edgecc.compile(model, "host")
+    assert [layer["converted"] for layer in bundle.manifest["sparsity"]["layers"]] == [True] * 6
+    # the written-out GELU fused into the first FFN layer's sparse kernel
+    assert any("erf" in name and "multiply" in name for name in _sparse_rules(bundle)), _sparse_rules(bundle)
+    np.testing.assert_allclose(_output(bundle, inputs), _reference(model, inputs), rtol=1e-4, atol=1e-4)
 
 
 def test_weight_below_threshold_stays_dense():
