@@ -15,7 +15,7 @@ Models (seeded random weights, magnitude-pruned with ``edgecc.prune``):
 
 Each round times edgecc sparse, edgecc dense (``sparsity="off"``) and ONNX Runtime, in a
 rotating order; the table gives medians over rounds and the speed-ups dense / sparse and
-ORT / sparse (above 1: the sparse build is faster).
+ORT / sparse (above 1: the sparse build is faster), then ``model.so``'s size sparse / dense.
 
 ``--crossover`` sweeps one layer of each kind (the FFN's 768 -> 3072 matmul on 128 tokens; a
 1x1 conv 128 -> 256 at 28x28) over densities, pruned in 1x1 and 4x1 blocks, forcing the sparse
@@ -87,16 +87,17 @@ def models():
 
 def headline(args) -> None:
     print(f"{'model':<24}{'sparse ms':>10}{'dense ms':>10}{'ORT ms':>9}{'dense/sparse':>14}{'ORT/sparse':>12}"
-          f"{'layers':>8}", flush=True)
+          f"{'layers':>8}{'size':>7}", flush=True)
     for name, model in models():
         sparse = edgecc.compile(model, "host")
         dense = edgecc.compile(model, "host", sparsity="off")
         layers = sparse.manifest["sparsity"]["layers"]
         converted = sum(layer["converted"] for layer in layers)
         ms = race(model, {"sparse": sparse, "dense": dense}, args.threads, args.rounds, args.repeat)
+        size = (sparse.path / "model.so").stat().st_size / (dense.path / "model.so").stat().st_size
         print(f"{name:<24}{ms['sparse']:>10.3f}{ms['dense']:>10.3f}{ms['ort']:>9.3f}"
-              f"{ms['dense'] / ms['sparse']:>13.2f}x{ms['ort'] / ms['sparse']:>11.2f}x{converted:>5}/{len(layers)}",
-              flush=True)
+              f"{ms['dense'] / ms['sparse']:>13.2f}x{ms['ort'] / ms['sparse']:>11.2f}x{converted:>5}/{len(layers)}"
+              f"{size:>6.2f}x", flush=True)
 
 
 def _one_layer(kind: str, weight: np.ndarray):
