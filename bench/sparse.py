@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import edgecc
+from edgecc.bench import onnxruntime_median
 from edgecc.passes import sparsify
 from edgecc.prune import prune_model
 from edgecc.zoo import encoder_model, ffn_model, mobilenet_model, sample_inputs
@@ -61,13 +61,7 @@ def race(model, bundles: dict, threads: int, rounds: int, repeat: int, with_ort:
         session = _ort_session(model, threads)
 
         def run_ort():
-            session.run(None, inputs)
-            times = []
-            for _ in range(repeat):
-                start = time.perf_counter()
-                session.run(None, inputs)
-                times.append((time.perf_counter() - start) * 1e3)
-            return statistics.median(times)
+            return onnxruntime_median(session, inputs, repeat)
         runners["ort"] = run_ort
     samples = {name: [] for name in runners}
     names = list(runners)

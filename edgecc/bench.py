@@ -34,7 +34,7 @@ class BenchResult:
         return self.edgecc_ms / self.peer_ms if self.peer_ms else None
 
 
-def _onnxruntime_median(session, inputs, repeat: int) -> float:
+def onnxruntime_median(session, inputs, repeat: int) -> float:
     session.run(None, inputs)  # warm-up
     times = []
     for _ in range(repeat):
@@ -133,7 +133,7 @@ def measure(bundle, proto, *, vs: str | None = "onnxruntime", threads: int | Non
 
         def run_peer():
             if session is not None:
-                theirs.append(_onnxruntime_median(session, inputs, repeat))
+                theirs.append(onnxruntime_median(session, inputs, repeat))
 
         for step in ((run_edgecc, run_peer) if index % 2 == 0 else (run_peer, run_edgecc)):
             step()

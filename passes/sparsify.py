@@ -9,7 +9,8 @@ the threshold measured for the op on the target (:data:`THRESHOLDS`), the op bec
 :func:`edgecc.schedules.sparse.kernel`.
 
 The sparse kernel runs channels-first: it reads ``x`` transposed to ``[K, Mp]`` and writes
-``yt = [N, Mp]`` (``M`` tokens or pixels, padded to whole register tiles). Like
+``yt = [Np, Mp]`` (``M`` tokens or pixels padded to whole register tiles, ``N`` channels to
+whole blocks). Like
 :mod:`.channels_last`, the pass carries that layout forward: per-channel bias adds,
 activations and other elementwise ops on a sparse output are rewritten onto ``yt`` (so
 ``FuseOps`` fuses them into the sparse kernel), and a sparse layer that reads another's
