@@ -17,6 +17,8 @@ activations and other elementwise ops on a sparse output are rewritten onto ``yt
 output takes its ``yt`` directly, with no transposes between them. Every converted value
 also gets a transposed twin in the original layout, which dead-code elimination drops
 when nothing reads it (a residual add, say, reads the twin and fuses with its transpose).
+The transposes are :func:`edgecc.schedules.sparse.to_channels_first` and
+``from_channels_first``, scheduled in L1-sized tiles.
 
 Not converted: weights with fewer than :data:`MIN_WEIGHTS` values, fewer rows ``M`` than one
 SIMD vector (batch-1 decoding: nothing to vectorise over), and symbolic shapes.
@@ -115,13 +117,12 @@ class _Stored:
     m: int
     shape: tuple
 
-    def back(self) -> relax.Expr:
+    def back(self, builder) -> relax.Expr:
         """The original layout (the twin other readers use)."""
-        rows, mp = (int(d) for d in self.value.ty.shape)
-        n = self.shape[-1]
-        cm = self.value if (rows, mp) == (n, self.m) else relax.op.strided_slice(
-            self.value, axes=[0, 1], begin=[0, 0], end=[n, self.m])
-        return relax.op.reshape(relax.op.permute_dims(cm, [1, 0]), list(self.shape))
+        from edgecc.schedules import sparse
+
+        return builder.call_te(sparse.from_channels_first, self.value, self.shape,
+                               primfunc_name_hint="from_channels_first", primfunc_attrs={"op_pattern": 2})
 
     def constant(self, value: np.ndarray) -> relax.Expr | None:
         """A constant operand broadcast against the original value, in this layout (None if it
@@ -179,11 +180,11 @@ class _Sparsify(PyExprMutator):
         stored = self._tracked(x)
         if stored is not None and stored.m == m:
             return stored.value  # rows past K (block padding) are zero and never read
-        flat = relax.op.reshape(self.visit_expr(x), [m, static_shape(x)[-1]])
-        xt = self.builder_.emit(relax.op.permute_dims(flat, [1, 0]))
-        if mp > m:
-            xt = self.builder_.emit(relax.op.nn.pad(xt, [0, 0, 0, mp - m]))
-        return xt
+        from edgecc.schedules import sparse
+
+        return self.builder_.emit(self.builder_.call_te(
+            sparse.to_channels_first, self.visit_expr(x), mp, primfunc_name_hint="to_channels_first",
+            primfunc_attrs={"op_pattern": 2}))
 
     def _sparse(self, binding, call) -> _Stored | None:
         from edgecc.schedules import sparse
@@ -249,7 +250,7 @@ class _Sparsify(PyExprMutator):
             super().visit_var_binding_(binding)
             return
         self.stored[binding.var] = stored
-        rebind(self, binding, stored.back())
+        rebind(self, binding, stored.back(self.builder_))
 
 
 def Sparsify(preset, mode: str = "auto"):  # noqa: N802 (TVM pass naming)

@@ -53,9 +53,12 @@ def schedule_cpu(sch: Schedule, lanes: int, partial_tiles: bool = True,
     when ``choices`` names a variant that does not apply to this kernel.
     ``partial_tiles=False`` keeps register tiles exact divisors (RVV cannot lower predicated
     vector loops)."""
-    sparse_block = sparse.kernel_of(sch)
-    if sparse_block is not None:
-        return None if choices.variant else sparse.schedule(sch, sparse_block, lanes)
+    found = sparse.kernel_of(sch)
+    if found is not None:
+        if choices.variant:
+            return None
+        block, kind = found
+        return (sparse.schedule if kind == sparse.SPARSE_ATTR else sparse.schedule_transpose)(sch, block, lanes)
     transform = winograd.kernel_of(sch)
     if transform is not None and not choices.variant:
         done = (winograd.schedule_input if transform == winograd.INPUT else winograd.schedule_output)(sch, lanes)

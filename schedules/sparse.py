@@ -28,11 +28,13 @@ from __future__ import annotations
 import numpy as np
 import tvm
 from tvm.s_tir import Schedule
+from tvm import te
 from tvm.script import tirx as T
 
 from .cpu import _vectorize_inner, inline_spatial_blocks
 
 SPARSE_ATTR = "edgecc.sparse"
+TRANSPOSE_ATTR = "edgecc.transpose"
 MAX_STACK_BYTES = 1024  # TVM's kMaxStackAlloca: larger local buffers go to the workspace heap
 
 
@@ -125,11 +127,72 @@ def kernel(k: int, mp: int, n: int, rows: int, nnzb: int, lanes: int, vectors: i
     return sparse_bsr.with_attr("op_pattern", 4)  # OutEWiseFusable: bias and activation fuse in
 
 
+def _unravel(index, dims):
+    """Row-major ``index`` into ``dims``."""
+    out = []
+    for dim in reversed(dims):
+        out.append(index % dim)
+        index = index // dim
+    return out[::-1]
+
+
+def to_channels_first(x: te.Tensor, mp: int) -> te.Tensor:
+    """``[..., K]`` -> ``[K, Mp]``: the ``M`` rows of ``x`` as columns, the padding columns
+    repeating the last row (they only ever meet padding columns downstream)."""
+    dims = [int(d) for d in x.shape]
+    m = int(np.prod(dims[:-1]))
+    return te.compute((dims[-1], mp), lambda k, j: x(*_unravel(tvm.te.min(j, m - 1), dims[:-1]), k),
+                      name="to_channels_first", attrs={TRANSPOSE_ATTR: 1})
+
+
+def from_channels_first(yt: te.Tensor, shape) -> te.Tensor:
+    """``[Np, Mp]`` -> ``shape`` (``[..., N]``): the first ``N`` rows and ``M`` columns, transposed."""
+    dims = [int(d) for d in shape]
+
+    def value(*index):
+        row = index[0]
+        for i, dim in zip(index[1:-1], dims[1:-1]):
+            row = row * dim + i
+        return yt[index[-1], row]
+
+    return te.compute(dims, value, name="from_channels_first", attrs={TRANSPOSE_ATTR: 1})
+
+
+def _divisor(extent: int, lanes: int) -> int:
+    return next(t for t in (lanes, 8, 4, 2, 1) if extent % t == 0)
+
+
+def schedule_transpose(sch: Schedule, block, lanes: int) -> str:
+    """A layout change in square tiles of a vector's width: each tile's reads stay in L1
+    (a plain loop over the output reads one value from each of thousands of rows). Vectors run
+    along the axis contiguous in the input for :func:`to_channels_first` (its row index
+    arithmetic then stays scalar) and in the output for :func:`from_channels_first`."""
+    inline_spatial_blocks(sch, keep=[block])
+    for consumer in sch.get_consumers(block):  # a fused residual add, say
+        sch.reverse_compute_inline(consumer)
+    loops = sch.get_loops(block)
+    outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+    inner = loops[-1]
+    extents = [int(sch.get(loop).extent) for loop in (outer, inner)]
+    o_out, o_in = sch.split(outer, [None, _divisor(extents[0], lanes)])
+    i_out, i_in = sch.split(inner, [None, _divisor(extents[1], lanes)])
+    if sch.get(block).name_hint.startswith("to_channels_first"):
+        sch.reorder(o_out, i_out, i_in, o_in)
+        sch.vectorize(o_in)
+    else:
+        sch.reorder(o_out, i_out, o_in, i_in)
+        sch.vectorize(i_in)
+    sch.parallel(o_out)
+    return "transpose-tiled"
+
+
 def kernel_of(sch: Schedule):
-    """The sparse block of a (fused) kernel, or None."""
+    """``(block, kind)`` of a (fused) kernel's sparse or transpose block, or None."""
     for block in sch.get_child_blocks(sch.get_sblock("root")):
-        if SPARSE_ATTR in sch.get(block).annotations:
-            return block
+        annotations = sch.get(block).annotations
+        for kind in (SPARSE_ATTR, TRANSPOSE_ATTR):
+            if kind in annotations:
+                return block, kind
     return None
 
 

@@ -34,7 +34,8 @@ def _run_kernel(weight_nk, rows, m, rng):
     mp = sparse.padded_rows(m, LANES)
     data, indices, indptr = sparse.to_bsr(weight_nk, rows)
     sch = Schedule(sparse.kernel(k, mp, n, rows, data.shape[0], LANES))
-    assert sparse.schedule(sch, sparse.kernel_of(sch), LANES) == "sparse-bsr"
+    block, kind = sparse.kernel_of(sch)
+    assert kind == sparse.SPARSE_ATTR and sparse.schedule(sch, block, LANES) == "sparse-bsr"
     func = sch.mod["main"].with_attr("global_symbol", "sparse_bsr")
     lib = tvm.compile(tvm.IRModule({"sparse_bsr": func}), target=HOST.tvm_target())
     xt = np.zeros((k, mp), np.float32)
@@ -124,9 +125,18 @@ class Before:
 
 @I.ir_module
 class Expected:
+    # The three kernels are stubs here, replaced by edgecc.schedules.sparse's below.
+    @T.prim_func(private=True)
+    def to_channels_first(x: T.handle, xt: T.handle):
+        T.evaluate(0)
+
     @T.prim_func(private=True)
     def sparse_bsr(xt: T.handle, data: T.handle, indices: T.handle, indptr: T.handle, yt: T.handle):
-        T.evaluate(0)  # replaced by edgecc.schedules.sparse.kernel below
+        T.evaluate(0)
+
+    @T.prim_func(private=True)
+    def from_channels_first(yt: T.handle, y: T.handle):
+        T.evaluate(0)
 
     @R.function
     def main(x: R.Tensor((1, M, K), "float32"), data: R.Tensor("float32", ndim=2),
@@ -134,14 +144,24 @@ class Expected:
              b: R.Tensor((N, 1), "float32")) -> R.Tensor((1, M, N), "float32"):
         cls = Expected
         with R.dataflow():
-            flat = R.reshape(x, R.shape([M, K]))
-            xt = R.permute_dims(flat, axes=[1, 0])
+            xt = R.call_tir(cls.to_channels_first, (x,), out_ty=R.Tensor((K, M), "float32"))
             yt = R.call_tir(cls.sparse_bsr, (xt, data, indices, indptr), out_ty=R.Tensor((N, M), "float32"))
             zt = R.add(yt, b)
             outt = R.nn.relu(zt)
-            out = R.reshape(R.permute_dims(outt, axes=[1, 0]), R.shape([1, M, N]))
+            out = R.call_tir(cls.from_channels_first, (outt,), out_ty=R.Tensor((1, M, N), "float32"))
             R.output(out)
         return out
+
+
+def _te_kernel(te_func, in_shape, *args):
+    """The PrimFunc ``BlockBuilder.call_te`` makes of ``te_func`` (as the pass calls it)."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(in_shape, "float32"))
+    with bb.function("f", [x]):
+        out = bb.emit(bb.call_te(te_func, x, *args, primfunc_attrs={"op_pattern": 2}))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    return next(func for func in mod.functions.values() if isinstance(func, tvm.tirx.PrimFunc))
 
 
 def test_rewrite_matches_expected_module():
@@ -155,8 +175,10 @@ def test_rewrite_matches_expected_module():
     data, indices, indptr = sparse.to_bsr(weight, 1)
     expected = relax.transform.BindParams("main", {"data": data, "indices": indices, "indptr": indptr,
                                                    "b": bias.reshape(N, 1)})(Expected)
-    expected.update_func(expected.get_global_var("sparse_bsr"),
-                         sparse.kernel(K, M, N, 1, data.shape[0], LANES))
+    for name, func in (("to_channels_first", _te_kernel(sparse.to_channels_first, (1, M, K), M)),
+                       ("sparse_bsr", sparse.kernel(K, M, N, 1, data.shape[0], LANES)),
+                       ("from_channels_first", _te_kernel(sparse.from_channels_first, (N, M), (1, M, N)))):
+        expected.update_func(expected.get_global_var(name), func)
     expected = relax.transform.Normalize()(expected)
     tvm.ir.assert_structural_equal(after.without_attr(sparsify.REPORT_ATTR), expected)
 
