@@ -65,9 +65,14 @@ def test_pruned_ffn_sparse_equals_dense_and_onnxruntime(sparsity, block, expecte
 
 
 def test_sparse_layer_is_one_kernel_with_its_epilogue():
-    rules = _sparse_rules(edgecc.compile(_ffn(), "host"))
+    bundle = edgecc.compile(_ffn(), "host")
+    rules = _sparse_rules(bundle)
     # first layer: matmul + bias + Gelu in one kernel; second: matmul + bias
     assert sorted(rules) == ["fused_sparse_bsr1_add1", "fused_sparse_bsr_add_fast_gelu"], rules
+    # the whole block is four kernels: the residual add rides on the layout change back
+    every = next(p["kernels"] for p in bundle.manifest["passes"] if p["phase"] == "schedule")
+    assert every == {**rules, "to_channels_first": "transpose-tiled",
+                     "fused_from_channels_first1_add2": "transpose-tiled"}, every
 
 
 def test_pruned_mobilenet_sparse_1x1_convs_match():
