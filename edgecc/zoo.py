@@ -242,6 +242,9 @@ def ffn_model(d_model: int = 768, hidden: int = 3072, seq: int = 128, seed: int 
 
 
 MOBILENET_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1))
+# MobileNet v1's thirteen blocks (Howard et al., 2017, table 1), at 224x224 its full network
+MOBILENET_V1_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)) + ((512, 1),) * 5 \
+    + ((1024, 2), (1024, 1))
 
 
 def mobilenet_model(resolution: int = 112, blocks=MOBILENET_BLOCKS, classes: int = 1000,

@@ -18,7 +18,10 @@ output takes its ``yt`` directly, with no transposes between them. Every convert
 also gets a transposed twin in the original layout, which dead-code elimination drops
 when nothing reads it (a residual add, say, reads the twin and fuses with its transpose).
 The transposes are :func:`edgecc.schedules.sparse.to_channels_first` and
-``from_channels_first``, scheduled in L1-sized tiles.
+``from_channels_first``, scheduled in L1-sized tiles. A 3x3 depthwise conv (stride 1 or 2,
+padding 1, one image) on a tracked value runs channels-first too
+(:func:`edgecc.schedules.sparse.depthwise_kernel`), so a sparse mobile network goes from one
+sparse 1x1 conv through the next depthwise conv to the next 1x1 conv with no layout change.
 
 Not converted: weights with fewer than :data:`MIN_WEIGHTS` values, fewer rows ``M`` than one
 SIMD vector (batch-1 decoding: nothing to vectorise over), and symbolic shapes.
@@ -37,18 +40,18 @@ from ._util import const_array, op_name, rebind, static_shape
 from .channels_last import BINARY, UNARY
 
 REPORT_ATTR = "edgecc.sparsity"
-MIN_WEIGHTS = 4096
+MIN_WEIGHTS = 1024  # below: too few multiply-adds to pay the sparse kernel's per-row overhead
 BLOCK_ROWS = (1, 2, 4)
 
 # Largest work per weight, blocks x (R + 2) / weights, at which the sparse kernel is faster than
 # the dense one, per CPU arch and op. Measured with ``bench/sparse.py --crossover`` on the host
-# (x86_64, AVX-512, 2 threads; one layer alone, its transposes included). The 768 -> 3072
-# matmul on 128 tokens stops winning at a block fill of 0.3 in 1x1 blocks and 0.6 in 4x1
-# blocks, both work 0.9; the 128 -> 256 1x1 conv at 28x28 still won at work 1.2 (1x1 blocks,
-# fill 0.4: 1.3x) and 1.4 (4x1, fill 0.94: 1.09x). aarch64 and riscv64 have no hardware here to
-# measure on: they take the host's values.
+# (x86_64, AVX-512, 2 threads; one layer alone, its transposes included): the sparse kernel
+# won at every work up to 0.9 and lost at the next step (1.05 or 1.2) for both the 768 -> 3072
+# matmul on 128 tokens and the 128 -> 256 1x1 conv at 28x28, pruned in 1x1 blocks (work 0.9 is
+# a block fill of 0.3) and in 4x1 blocks (fill 0.6). aarch64 and riscv64 have no hardware here
+# to measure on: they take the host's values.
 THRESHOLDS = {
-    "x86_64": {"matmul": 0.9, "conv1x1": 1.2},
+    "x86_64": {"matmul": 0.9, "conv1x1": 0.9},
 }
 
 
@@ -208,6 +211,36 @@ class _Sparsify(PyExprMutator):
             relax.TensorType([sparse.padded_channels(n, rows), mp], "float32")))
         return _Stored(yt, m, out_shape)
 
+    def _depthwise(self, call) -> _Stored | None:
+        """A 3x3 depthwise conv (padding 1, stride 1 or 2, one image) on a tracked value, as
+        :func:`edgecc.schedules.sparse.depthwise_kernel` on its stored layout; else None."""
+        from edgecc.schedules import sparse
+
+        stored = self._tracked(call.args[0]) if op_name(call) == "relax.nn.conv2d" else None
+        if stored is None:
+            return None
+        attrs, weight, out_shape = call.attrs, const_array(call.args[1]), static_shape(call)
+        if weight is None or out_shape is None or len(stored.shape) != 4 or stored.shape[0] != 1:
+            return None
+        channels = stored.shape[3]
+        strides = {int(x) for x in attrs.strides}
+        if ((attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NHWC", "OIHW", "NHWC")
+                or weight.dtype != np.float32 or weight.shape != (channels, 1, 3, 3) or int(attrs.groups) != channels
+                or len(strides) != 1 or not strides <= {1, 2} or any(int(p) != 1 for p in attrs.padding)
+                or any(int(d) != 1 for d in attrs.dilation)
+                or (attrs.out_dtype and str(attrs.out_dtype) not in ("", "float32"))):
+            return None
+        _, height, width, _ = stored.shape
+        m = int(out_shape[1] * out_shape[2])
+        mp = sparse.padded_rows(m, self.lanes)
+        rows_in, mp_in = (int(d) for d in stored.value.ty.shape)
+        func = sparse.depthwise_kernel(rows_in, mp_in, channels, height, width, strides.pop(), mp, self.lanes)
+        gvar = self.builder_.add_func(func, "depthwise_chw")
+        yt = self.builder_.emit(relax.call_tir(
+            gvar, [stored.value, relax.const(np.ascontiguousarray(weight.reshape(channels, 9)))],
+            relax.TensorType([channels, mp], "float32")))
+        return _Stored(yt, m, out_shape)
+
     def _elementwise(self, call) -> _Stored | None:
         """An elementwise op on tracked values, rewritten onto their stored layout; else None."""
         name = op_name(call)
@@ -245,7 +278,7 @@ class _Sparsify(PyExprMutator):
         value = binding.value
         stored = None
         if isinstance(value, relax.Call):
-            stored = self._sparse(binding, value) or self._elementwise(value)
+            stored = self._sparse(binding, value) or self._depthwise(value) or self._elementwise(value)
         if stored is None:
             super().visit_var_binding_(binding)
             return

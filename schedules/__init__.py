@@ -58,7 +58,8 @@ def schedule_cpu(sch: Schedule, lanes: int, partial_tiles: bool = True,
         if choices.variant:
             return None
         block, kind = found
-        return (sparse.schedule if kind == sparse.SPARSE_ATTR else sparse.schedule_transpose)(sch, block, lanes)
+        rule = {sparse.SPARSE_ATTR: sparse.schedule, sparse.DEPTHWISE_ATTR: sparse.schedule_depthwise}
+        return rule.get(kind, sparse.schedule_transpose)(sch, block, lanes)
     transform = winograd.kernel_of(sch)
     if transform is not None and not choices.variant:
         done = (winograd.schedule_input if transform == winograd.INPUT else winograd.schedule_output)(sch, lanes)

@@ -75,14 +75,25 @@ def test_sparse_layer_is_one_kernel_with_its_epilogue():
                      "fused_from_channels_first1_add2": "transpose-tiled"}, every
 
 
-def test_pruned_mobilenet_sparse_1x1_convs_match():
+def _rules(bundle):
+    return next(p["kernels"] for p in bundle.manifest["passes"] if p["phase"] == "schedule")
+
+
+def test_pruned_mobilenet_runs_channels_first_between_sparse_layers():
+    """Every 1x1 conv sparse; the depthwise convs after the first sparse one run channels-first
+    (stride 1 and 2), so no layout change runs between the first sparse layer and the pooling."""
     model = _mobilenet()
     inputs = sample_inputs(model)
     sparse = edgecc.compile(model, "host")
     layers = sparse.manifest["sparsity"]["layers"]
     converted = [layer["weight"] for layer in layers if layer["converted"]]
-    assert converted == [[128, 64], [128, 128]], layers  # 64x32 is under the size floor
-    assert any("weights <" in layer["reason"] for layer in layers if not layer["converted"])
+    assert converted == [[64, 32], [128, 64], [128, 128]], layers
+    classifier = layers[-1]  # one image: one row, nothing to vectorise over
+    assert not classifier["converted"] and "rows <" in classifier["reason"], classifier
+    rules = _rules(sparse)
+    assert sum(rule == "depthwise-chw" for rule in rules.values()) == 2, rules  # the 2nd and 3rd block's
+    transposes = [name for name, rule in rules.items() if rule == "transpose-tiled"]
+    assert len(transposes) == 2, transposes  # into the first sparse layer, out of the last
     got = _output(sparse, inputs)
     np.testing.assert_allclose(got, _output(edgecc.compile(model, "host", sparsity="off"), inputs),
                                rtol=RTOL, atol=ATOL)
@@ -118,11 +129,12 @@ def test_sparse_kernels_under_qemu_match_host(target):
                                rtol=RTOL, atol=ATOL)
 
 
-def test_mobilenet_on_arm_under_qemu_matches_onnxruntime():
+@pytest.mark.parametrize("target", ["arm", "riscv"])
+def test_mobilenet_under_qemu_matches_onnxruntime(target):
     model = _mobilenet()
     inputs = sample_inputs(model)
-    bundle = edgecc.compile(model, "arm")
-    assert _sparse_rules(bundle)
+    bundle = edgecc.compile(model, target)
+    assert _sparse_rules(bundle) and "depthwise-chw" in _rules(bundle).values()
     np.testing.assert_allclose(_output(bundle, inputs), _reference(model, inputs), rtol=RTOL, atol=ATOL)
 
 

@@ -63,6 +63,8 @@ def test_kernel_matches_numpy_across_sparsities(density, rows):
     (10, 37, 50, 4),    # rows not a multiple of the block (last block row padded), M padded to tiles
     (7, 16, 16, 2),     # odd rows, one vector of pixels
     (33, 100, 200, 1),  # odd everything
+    (9, 40, 17 * 16, 1),  # 17 vectors of pixels: a tile of 9, then a narrower one of 8
+    (12, 40, 7 * 16, 4),  # 4x1 blocks: tiles of 3 vectors, the last of 1
 ])
 def test_kernel_odd_shapes(n, k, m, rows):
     rng = np.random.default_rng(n * k)
@@ -85,6 +87,47 @@ def test_all_zero_weight_gives_zeros():
     rng = np.random.default_rng(4)
     got, want = _run_kernel(np.zeros((8, 24), np.float32), 1, 16, rng)
     assert np.all(got == 0) and np.all(want == 0)
+
+
+def _depthwise_reference(image, weight, stride):
+    """3x3 depthwise conv, padding 1, of ``image[C, H, W]`` with ``weight[C, 9]``, in float64."""
+    channels, height, width = image.shape
+    out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
+    padded = np.pad(image.astype(np.float64), ((0, 0), (1, 1), (1, 1)))
+    out = np.zeros((channels, out_h, out_w))
+    for kh in range(3):
+        for kw in range(3):
+            window = padded[:, kh:kh + stride * (out_h - 1) + 1:stride, kw:kw + stride * (out_w - 1) + 1:stride]
+            out += weight[:, kh * 3 + kw, None, None] * window
+    return out
+
+
+@pytest.mark.parametrize("channels, height, width, stride", [
+    (5, 7, 7, 1),     # a row narrower than one vector
+    (3, 9, 10, 2),    # odd height, even width, stride 2
+    (4, 14, 15, 2),   # odd width at stride 2
+    (3, 20, 37, 1),   # rows spanning three vectors, the last partial
+    (2, 1, 1, 1),     # a single pixel: every tap but the centre in the padding
+    (3, 2, 3, 2),
+])
+def test_depthwise_channels_first_matches_numpy(channels, height, width, stride):
+    rng = np.random.default_rng(channels * height * width + stride)
+    out_h, out_w = (height - 1) // stride + 1, (width - 1) // stride + 1
+    mp_in, mp_out = sparse.padded_rows(height * width, LANES), sparse.padded_rows(out_h * out_w, LANES)
+    rows_in = channels + 3  # a sparse layer's output: channels padded to whole blocks
+    sch = Schedule(sparse.depthwise_kernel(rows_in, mp_in, channels, height, width, stride, mp_out, LANES))
+    block, kind = sparse.kernel_of(sch)
+    assert kind == sparse.DEPTHWISE_ATTR and sparse.schedule_depthwise(sch, block, LANES) == "depthwise-chw"
+    func = sch.mod["main"].with_attr("global_symbol", "depthwise_chw")
+    lib = tvm.compile(tvm.IRModule({"depthwise_chw": func}), target=HOST.tvm_target())
+    xt = rng.standard_normal((rows_in, mp_in)).astype(np.float32)
+    weight = rng.standard_normal((channels, 9)).astype(np.float32)
+    out = tvm.runtime.tensor(np.full((channels, mp_out), np.nan, np.float32))
+    lib["depthwise_chw"](tvm.runtime.tensor(xt), tvm.runtime.tensor(weight), out)
+    got = out.numpy()
+    want = _depthwise_reference(xt[:channels, :height * width].reshape(channels, height, width), weight, stride)
+    np.testing.assert_allclose(got[:, :out_h * out_w].reshape(want.shape), want, rtol=RTOL, atol=ATOL)
+    assert np.all(got[:, out_h * out_w:] == 0)  # padding columns
 
 
 def test_bsr_round_trip():
