@@ -16,6 +16,7 @@ from edgecc import __version__
 from edgecc.bundle import LIBRARY, MANIFEST, Bundle, sha256
 from edgecc.errors import EdgeccError, UserInputError
 from edgecc.frontend import import_onnx, inspect_model, load_onnx
+from edgecc.quantize import QUANTIZE_MODES, check_group_size, quantize_int4
 from edgecc.targets import TargetPreset, get_target
 
 __all__ = ["compile", "inspect_model"]
@@ -44,6 +45,7 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
             input_shapes: dict[str, list[int]] | None = None, mcpu: str | None = None,
             mattr: list[str] | None = None, vlen: int | None = None, cuda_arch: str | None = None,
             tuning_log: str | os.PathLike | list | None = None, sparsity: str = "auto",
+            quantize: str | None = None, group_size: int = 32,
             log: Callable[[str], None] | None = None) -> Bundle:
     """Compile an ONNX model into a bundle for a target.
 
@@ -66,6 +68,14 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
         block-sparse kernels (per the target's measured threshold) become fused sparse
         kernels; the manifest's ``sparsity`` lists each candidate weight and the decision.
         ``off``: every weight stays dense.
+    quantize : {None, "int4"}
+        ``int4``: quantize every ``MatMul``/``Gemm`` constant weight to 4 bits, asymmetric per
+        group of ``group_size`` inputs (:mod:`edgecc.quantize`), run by INT4 weight-only kernels
+        on CPU targets. Models that arrive with 4-bit weights (``MatMulNBits``, blocked int4
+        ``DequantizeLinear``) take those kernels without it. The manifest's ``quantization``
+        lists each matmul with a 4-bit weight and its kernel.
+    group_size : int
+        Inputs per scale and zero point for ``quantize="int4"`` (16, 32, 64, 128 or 256).
     log : callable, optional
         Receives one progress line per step.
 
@@ -79,6 +89,9 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
 
     if sparsity not in SPARSITY_MODES:
         raise UserInputError(f"unknown sparsity mode {sparsity!r}; valid: {', '.join(SPARSITY_MODES)}")
+    if quantize not in QUANTIZE_MODES:
+        raise UserInputError(f"unknown quantization {quantize!r}; valid: int4 (int8 is not implemented yet)")
+    check_group_size(group_size)
     preset = get_target(target, mcpu=mcpu, mattr=mattr, vlen=vlen, cuda_arch=cuda_arch)
     preset.require_toolchain()
     if preset.device == "cuda":
@@ -95,6 +108,13 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
         tuning = TuningRecords(paths, preset)
         for note in tuning.notes:
             log(f"tuning log {note}")
+
+    quantized = []
+    if quantize == "int4":
+        model, quantized = quantize_int4(model, group_size)
+        log(f"quantized {len(quantized)} weights to int4 in groups of {group_size}")
+        if not quantized:
+            log("warning: no MatMul/Gemm constant weight with K a multiple of the group size: nothing quantized")
 
     timings = {}
     start = time.perf_counter()
@@ -129,6 +149,9 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
             log(f"  sparsity {layer['layer']} {layer['op']} {layer['weight']}: {layer['sparsity']:.0%} zeros, "
                 f"{layer['block']} blocks, {'sparse ' + layer['kernel'] if layer['converted'] else 'dense'} "
                 f"({layer['reason']})")
+        for layer in record.int4_layers or []:
+            log(f"  int4 {layer['layer']} {layer['weight']} groups of {layer['group_size']}: "
+                f"{layer['kernel'] or 'float32'} ({layer['reason']})")
 
     runtime_dir = ensure_runtime(preset.arch, log=log)
     staging = tempfile.TemporaryDirectory(prefix="edgecc-bundle-")
@@ -142,6 +165,10 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
     manifest = _manifest(source, preset, inputs, outputs, phases, timings, folder / LIBRARY)
     manifest["sparsity"] = {"mode": sparsity, "layers": next(
         (record.sparse_layers for record in phases if record.sparse_layers is not None), [])}
+    manifest["quantization"] = {
+        "mode": quantize or "none", "group_size": group_size if quantize else None,
+        "weights_quantized": len(quantized),
+        "int4_layers": next((r.int4_layers for r in phases if r.int4_layers is not None), [])}
     if tuning is not None:
         manifest["tuning_records"] = tuning.report()
         log(f"tuning logs: {manifest['tuning_records']['from_log']} kernels from records, "

@@ -43,10 +43,16 @@ def cmd_build(args) -> int:
     log = (lambda line: print(f"edgecc: {line}", file=sys.stderr)) if args.verbose else None
     bundle = compile(args.model, args.target, input_shapes=dict(args.input_shape or []),
                      mcpu=args.mcpu, mattr=args.mattr, vlen=args.vlen, cuda_arch=args.cuda_arch,
-                     tuning_log=args.tuning_log, sparsity=args.sparsity, log=log)
+                     tuning_log=args.tuning_log, sparsity=args.sparsity, quantize=args.quantize,
+                     group_size=args.group_size, log=log)
     outdir = bundle.save(args.output or Path(args.model).stem + f"-{bundle.target['name']}")
     size = sum(f.stat().st_size for f in outdir.rglob("*") if f.is_file())
     print(f"built {outdir} ({bundle.target['name']}, {bundle.target['arch']}, {size / 1e6:.1f} MB)")
+    quantization = bundle.manifest.get("quantization") or {}
+    if quantization.get("mode") == "int4":
+        kernels = sum(layer["kernel"] is not None for layer in quantization["int4_layers"])
+        print(f"int4: {quantization['weights_quantized']} weights quantized in groups of "
+              f"{quantization['group_size']}, {kernels} run by INT4 kernels")
     tuned = bundle.manifest.get("tuning_records") or {}
     if tuned:
         print(f"tuning logs: {tuned['from_log']} kernels from records, {tuned['fallback']} by default rules")
@@ -193,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--sparsity", choices=["auto", "off"], default="auto",
                        help="auto (default): sparse constant matmul/1x1-conv weights become fused sparse "
                        "kernels where the target's measured threshold says they run faster; off: all dense")
+    build.add_argument("--quantize", choices=["int4"],
+                       help="int4: 4-bit weight-only quantization of MatMul/Gemm weights, per group of "
+                       "--group-size inputs, run by INT4 kernels (int8 is not implemented yet)")
+    build.add_argument("--group-size", type=int, default=32, metavar="N",
+                       help="inputs per scale and zero point for --quantize int4: 16, 32 (default), 64, 128, 256")
     build.add_argument("--verbose", "-v", action="store_true", help="print each step")
     build.set_defaults(func=cmd_build)
 

@@ -19,7 +19,7 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 from tvm.relax.backend.cuda import pipeline as cuda_backend
 
-from edgecc.passes import graph_passes, sparsify
+from edgecc.passes import graph_passes, quantize, sparsify
 from edgecc.schedules import legalize_map, schedule_passes, schedule_report, winograd
 
 
@@ -33,6 +33,7 @@ class PhaseRecord:
     prim_funcs_after: int
     kernels: dict[str, str] | None = None  # schedule phase: kernel name -> rule that scheduled it
     sparse_layers: list[dict] | None = None  # graph phase: the sparsity pass's decision per weight
+    int4_layers: list[dict] | None = None  # graph phase: matmuls reading 4-bit weights, and their kernels
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -103,7 +104,8 @@ def run_phases(mod: tvm.IRModule, preset, target, tuning=None, until: str | None
             records.append(PhaseRecord(name, [_pass_name(p) for p in passes],
                                        round(time.perf_counter() - start, 3), prim_funcs,
                                        schedule_report(mod) if name == "schedule" else None,
-                                       sparsify.report_of(mod) if name == "graph" else None))
+                                       sparsify.report_of(mod) if name == "graph" else None,
+                                       quantize.report_of(mod) if name == "graph" else None))
             if dump_dir:
                 Path(dump_dir).mkdir(parents=True, exist_ok=True)
                 (Path(dump_dir) / f"{index}_{name}.py").write_text(mod.script())

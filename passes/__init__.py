@@ -6,7 +6,9 @@ batch norm decomposed, then folded with conv biases into the conv weights
 (:mod:`.fold_affine`), and constants folded. CPU targets then run their conv
 regions channels-last (:mod:`.channels_last`), the layout the CPU kernels in
 ``edgecc.schedules`` vectorise, and sparse constant weights become fused block-sparse
-kernels (:mod:`.sparsify`, ``sparsity="off"`` disables it). Half-precision matmuls and softmaxes accumulate
+kernels (:mod:`.sparsify`, ``sparsity="off"`` disables it). On CPU targets the first pass
+turns matmuls reading 4-bit weights into INT4 kernels (:mod:`.quantize`), before constant
+folding would expand those weights to float32. Half-precision matmuls and softmaxes accumulate
 in float32 (:mod:`.precision`).
 """
 
@@ -17,6 +19,7 @@ from tvm import relax
 from .channels_last import ChannelsLast
 from .fold_affine import FoldAffineIntoConv
 from .precision import AccumulateFloat32
+from .quantize import Int4Matmul
 from .sparsify import Sparsify
 
 
@@ -26,7 +29,8 @@ SPARSITY_MODES = ("auto", "off")
 def graph_passes(preset, sparsity: str = "auto") -> list:
     """The graph phase of the pipeline for a target preset (a list of TVM passes);
     ``sparsity`` is ``auto`` (sparse weights to sparse kernels where measured faster) or ``off``."""
-    passes = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
+    passes = [Int4Matmul(preset), relax.transform.DeadCodeElimination()] if preset.device == "cpu" else []
+    passes += [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
               relax.transform.FoldConstant(), FoldAffineIntoConv(),
               relax.transform.DeadCodeElimination(), AccumulateFloat32()]
     if preset.device == "cpu":

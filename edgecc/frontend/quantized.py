@@ -234,6 +234,13 @@ class MatMulNBits(OnnxOpConverter):
         k, n, bits, block_size = attr["K"], attr["N"], attr.get("bits", 4), attr["block_size"]
         if bits not in (2, 4, 8):
             raise ValueError(f"MatMulNBits: bits={bits} is not supported (2, 4 or 8)")
+        four_bit = _four_bit_weight(bb, b, scales, zero_points, g_idx, k, n, bits, block_size)
+        if four_bit is not None:
+            out = relax.op.matmul(_f32(bb, a), relax.op.permute_dims(four_bit))
+            if bias is not None:
+                out = relax.op.add(out, _f32(bb, bias))
+            out = bb.normalize(out)
+            return out if _dtype(a) == "float32" else relax.op.astype(out, _dtype(a))
         n_blocks = -(-k // block_size)
         codes = _unpack_bits(bb, relax.op.reshape(b, [n, -1]), bits)  # [N, n_blocks * block_size]
         scale = relax.op.reshape(_f32(bb, scales), [n, n_blocks])
@@ -255,6 +262,71 @@ class MatMulNBits(OnnxOpConverter):
             out = relax.op.add(out, _f32(bb, bias))
         out = bb.normalize(out)
         return out if _dtype(a) == "float32" else relax.op.astype(out, _dtype(a))
+
+
+def _constant(expr) -> np.ndarray | None:
+    from tvm.ir.expr import Constant
+
+    return expr.value.numpy() if isinstance(expr, Constant) else None
+
+
+def _nibbles(packed: np.ndarray) -> np.ndarray:
+    """uint8 ``[rows, bytes]`` as its 4-bit codes ``[rows, 2 * bytes]``, low nibble first."""
+    return np.stack([packed & 15, packed >> 4], axis=-1).reshape(packed.shape[0], -1)
+
+
+def _four_bit(bb, codes_nk: np.ndarray, scales_ng: np.ndarray, zeros_ng: np.ndarray, group: int):
+    """A 4-bit weight ``[N, K]`` as :func:`edgecc.schedules.int4.dequantize` of its constant codes
+    (0..15), scales and zero points: the form :mod:`edgecc.passes.quantize` lowers to an INT4
+    kernel (constant folding makes it float32 elsewhere)."""
+    from edgecc.schedules import int4
+
+    return bb.emit(bb.call_te(
+        int4.dequantize, relax.const(np.ascontiguousarray(codes_nk, dtype=np.uint8)),
+        relax.const(np.ascontiguousarray(scales_ng, dtype=np.float32)),
+        relax.const(np.ascontiguousarray(zeros_ng, dtype=np.uint8)), group,
+        primfunc_name_hint="dequantize_int4", primfunc_attrs={int4.DEQUANTIZE_ATTR: group}))
+
+
+def _four_bit_weight(bb, b, scales, zero_points, g_idx, k: int, n: int, bits: int, block_size: int):
+    """MatMulNBits' constant 4-bit ``B`` as :func:`_four_bit` ``[N, K]``; None when it is not
+    one (other bits, act-order ``g_idx``, float zero points, ``K`` not whole blocks)."""
+    packed, scale = _constant(b), _constant(scales)
+    if bits != 4 or g_idx is not None or packed is None or scale is None or k % block_size \
+            or scale.dtype != np.float32:
+        return None
+    blocks = k // block_size
+    codes = _nibbles(packed.reshape(n, -1))[:, :k]
+    if zero_points is None:
+        zeros = np.full((n, blocks), 8, np.uint8)
+    else:
+        zeros = _constant(zero_points)
+        if zeros is None or zeros.dtype != np.uint8:
+            return None
+        zeros = _nibbles(zeros.reshape(n, -1))[:, :blocks]
+    return _four_bit(bb, codes, scale.reshape(n, blocks), zeros, block_size)
+
+
+def _blocked_four_bit(bb, x, scale, zero_point, axis: int, block_size: int):
+    """A constant 2-D DequantizeLinear input with 4-bit values (int4/uint4 held in bytes),
+    blocked along one axis, as :func:`_four_bit` (transposed back when blocked along axis 0);
+    None otherwise."""
+    values, scales = _constant(x), _constant(scale)
+    zeros = None if zero_point is None else _constant(zero_point)
+    if values is None or scales is None or values.ndim != 2 or not block_size or scales.dtype != np.float32 \
+            or values.shape[axis] % block_size or (zero_point is not None and zeros is None):
+        return None
+    low, high = (-8, 7) if values.dtype == np.int8 else (0, 15)
+    if values.dtype not in (np.int8, np.uint8) or values.min(initial=0) < low or values.max(initial=0) > high:
+        return None
+    offset = -low  # signed codes as unsigned: q + 8 and z + 8 leave q - z as it is
+    if zeros is None:
+        zeros = np.zeros(scales.shape, np.int32)
+    if axis == 0:  # [K, N] blocked along K (MatMul's B): as [N, K]
+        values, scales, zeros = values.T, scales.T, zeros.T
+    codes = (values.astype(np.int32) + offset).astype(np.uint8)
+    weight = _four_bit(bb, codes, scales, (zeros.astype(np.int32) + offset).astype(np.uint8), block_size)
+    return bb.normalize(relax.op.permute_dims(weight)) if axis == 0 else weight
 
 
 def _per_row_of_block(bb, param, blocks, block_size: int, k: int):
@@ -311,12 +383,15 @@ class DequantizeLinear(OnnxOpConverter):
             return onnx_frontend.DequantizeLinear.get_converter(opset)(bb, inputs, attr, params)
         x_shape = _shape(x)
         axis, block_size = _axis(attr, x_shape), attr.get("block_size", 0)
-        zero_point = _block_param(bb, zero_point, x_shape, axis, block_size)
-        scale = _block_param(bb, scale, x_shape, axis, block_size)
-        value = relax.op.multiply(_f32(bb, _centered(bb, x, zero_point)), _f32(bb, scale))
         out_dtype = "float32" if opset < 19 else _dtype(scale)
         if attr.get("output_dtype", 0):
             out_dtype = onnx_frontend.get_type(attr["output_dtype"])
+        four_bit = _blocked_four_bit(bb, x, scale, zero_point, axis, block_size) if out_dtype == "float32" else None
+        if four_bit is not None:
+            return four_bit
+        zero_point = _block_param(bb, zero_point, x_shape, axis, block_size)
+        scale = _block_param(bb, scale, x_shape, axis, block_size)
+        value = relax.op.multiply(_f32(bb, _centered(bb, x, zero_point)), _f32(bb, scale))
         return value if out_dtype == "float32" else relax.op.astype(value, out_dtype)
 
     @classmethod

@@ -68,6 +68,7 @@ def _prefer_function(node: onnx.NodeProto, rank: int | None) -> bool:
         return rank is None or axis % rank != rank - 1
     return False
 
+FOUR_BIT = (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
 FOLD_LIMIT = 1 << 22  # elements: larger constant results stay computed at run time
 UNROLL_LIMIT = 256  # iterations of Scan / Loop
 
@@ -274,6 +275,8 @@ class Simplifier:
             return self._unroll_loop(node)
         if op in NONDETERMINISTIC or not all(n in self.consts for n in inputs) or any(_subgraphs(node)):
             return None
+        if op == "DequantizeLinear" and self.consts[node.input[0]].data_type in FOUR_BIT:
+            return None  # a 4-bit weight stays packed: edgecc.passes.quantize runs it as an INT4 kernel
         for out in node.output:
             shape = self.shapes.get(out)
             if shape is not None and int(np.prod(shape)) > FOLD_LIMIT:

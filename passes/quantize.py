@@ -1,0 +1,115 @@
+"""4-bit weights to INT4 weight-only matmul kernels, the dequantization fused in.
+
+The importer turns a 4-bit weight (``com.microsoft.MatMulNBits``, or ``DequantizeLinear`` of
+an int4/uint4 initializer blocked along ``K``) into
+:func:`edgecc.schedules.int4.dequantize` of constant codes, scales and zero points. This pass
+finds every ``matmul(x, permute_dims(dequantize(...)))`` (the weight read as ``[K, N]``) and
+replaces it by :func:`edgecc.schedules.int4.kernel` on the weight packed two codes a byte
+(:func:`edgecc.schedules.int4.pack`): no float32 copy of the weight is ever built, in the
+library or in memory. The bias add and activation after it fuse into the kernel.
+
+It runs first in the graph phase, before constant folding would evaluate the dequantization
+into a float32 weight, which is what happens where it does not apply: ``N`` not a multiple of
+two SIMD vectors, symbolic shapes, non-float32 activations, and CUDA targets. The decisions go
+to the module attribute ``edgecc.int4`` (JSON, see :func:`report_of`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from ._util import const_array, op_name, rebind, static_shape
+
+REPORT_ATTR = "edgecc.int4"
+
+
+@mutator
+class _Int4(PyExprMutator):
+    def __init__(self, mod, lanes: int, report: list):
+        super().__init__(mod)
+        self.mod = mod
+        self.lanes = lanes
+        self.report = report
+
+    def _bound(self, expr):
+        """The value bound to a dataflow Var (following Var-to-Var bindings)."""
+        while isinstance(expr, relax.Var):
+            value = self.lookup_binding(expr)
+            if value is None:
+                return expr
+            expr = value
+        return expr
+
+    def _dequantize(self, expr):
+        """``(codes, scales, zeros, group)`` when ``expr`` is a ``[K, N]`` view of an imported
+        4-bit weight, else None."""
+        from edgecc.schedules import int4
+
+        view = self._bound(expr)
+        if op_name(view) != "relax.permute_dims" or (view.attrs.axes is not None
+                                                     and [int(a) for a in view.attrs.axes] != [1, 0]):
+            return None
+        call = self._bound(view.args[0])
+        if not isinstance(call, relax.Call) or call.op != tvm.ir.Op.get("relax.call_tir"):
+            return None
+        func = self.mod[call.args[0]]
+        group = (func.attrs or {}).get(int4.DEQUANTIZE_ATTR)
+        arrays = [const_array(a) for a in call.args[1].fields]
+        if group is None or any(a is None for a in arrays):
+            return None
+        return (*arrays, int(group))
+
+    def visit_var_binding_(self, binding):
+        from edgecc.schedules import int4
+
+        call = binding.value
+        found = self._dequantize(call.args[1]) if op_name(call) == "relax.matmul" else None
+        x_shape, out_shape = static_shape(call.args[0]) if found else None, static_shape(call) if found else None
+        if found is None or x_shape is None or out_shape is None or call.args[0].ty.dtype != "float32":
+            super().visit_var_binding_(binding)
+            return
+        codes, scales, zeros, group = found
+        n, k = codes.shape
+        c, rows = int4.row_block(int(np.prod(x_shape[:-1])), n, self.lanes)
+        entry = {"layer": binding.var.name, "weight": [k, n], "group_size": group, "kernel": None}
+        self.report.append(entry)
+        if c is None:
+            entry["reason"] = f"N={n} is not a multiple of {2 * self.lanes} (two SIMD vectors): float32"
+            super().visit_var_binding_(binding)
+            return
+        packed, tile_scales, tile_zeros = int4.pack(codes, scales, zeros, self.lanes, c)
+        gvar = self.builder_.add_func(int4.kernel(tuple(x_shape[:-1]), k, n, group, self.lanes, c, rows), "int4_matmul")
+        entry["kernel"], entry["reason"] = gvar.name_hint, "4-bit weight: INT4 kernel"
+        rebind(self, binding, relax.call_tir(
+            gvar, [self.visit_expr(call.args[0]), relax.const(packed), relax.const(tile_scales),
+                   relax.const(tile_zeros)], relax.TensorType(list(out_shape), "float32")))
+
+
+def Int4Matmul(preset):  # noqa: N802 (TVM pass naming)
+    """Pass: matmuls reading an imported 4-bit weight to INT4 kernels for a CPU preset."""
+    import tvm
+
+    from edgecc.schedules import fp32_lanes
+
+    @tvm.transform.module_pass(opt_level=0, name="edgecc.Int4Matmul")
+    def _pass(mod, _ctx):
+        report: list[dict] = []
+        rewriter = _Int4(mod, fp32_lanes(preset), report)
+        for gvar, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+        new = rewriter.builder_.get()
+        return new.with_attr(REPORT_ATTR, json.dumps(report)) if report else new
+
+    return _pass
+
+
+def report_of(mod) -> list[dict]:
+    """The layers :func:`Int4Matmul` looked at (empty when it did not run or found none)."""
+    attrs = mod.attrs or {}
+    return json.loads(str(attrs[REPORT_ATTR])) if REPORT_ATTR in attrs else []
