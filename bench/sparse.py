@@ -30,47 +30,24 @@ chain of sparse layers does not, so the crossover is conservative.
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import numpy as np
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 import edgecc
-from edgecc.bench import onnxruntime_median
+from edgecc.bench import bundle_runner, interleaved, onnxruntime_session, session_runner
 from edgecc.passes import sparsify
 from edgecc.prune import prune_model
 from edgecc.zoo import MOBILENET_V1_BLOCKS, encoder_model, ffn_model, mobilenet_model, sample_inputs
 
 
-def _ort_session(model, threads):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
 def race(model, bundles: dict, threads: int, rounds: int, repeat: int, with_ort: bool = True) -> dict:
     """Median ms per contestant (edgecc bundles by name, and ``ort``), interleaved round by round."""
     inputs = sample_inputs(model)
-    runners = {}
-    for name, bundle in bundles.items():
-        def run_bundle(bundle=bundle):
-            timing = {}
-            bundle.run(inputs, repeat=repeat, threads=threads, timing=timing)
-            return timing["median_ms"]
-        runners[name] = run_bundle
+    runners = {name: bundle_runner(bundle, inputs, threads, repeat) for name, bundle in bundles.items()}
     if with_ort:
-        session = _ort_session(model, threads)
-
-        def run_ort():
-            return onnxruntime_median(session, inputs, repeat)
-        runners["ort"] = run_ort
-    samples = {name: [] for name in runners}
-    names = list(runners)
-    for index in range(rounds):
-        for name in names[index % len(names):] + names[:index % len(names)]:
-            samples[name].append(runners[name]())
-    return {name: statistics.median(values) for name, values in samples.items()}
+        runners["ort"] = session_runner(onnxruntime_session(model, threads), inputs, repeat)
+    return interleaved(runners, rounds)
 
 
 def models():

@@ -44,6 +44,43 @@ def onnxruntime_median(session, inputs, repeat: int) -> float:
     return statistics.median(times)
 
 
+def onnxruntime_session(model, threads: int, **config: str):
+    """An ONNX Runtime CPU session on ``threads`` intra-op threads; ``config`` sets session
+    config entries (e.g. ``{"session.qdq_matmulnbits_accuracy_level": "4"}``)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    for key, value in config.items():
+        options.add_session_config_entry(key, value)
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def bundle_runner(bundle, inputs: dict, threads: int, repeat: int):
+    """A callable timing one round of ``bundle`` (median ms of ``repeat`` runs)."""
+    def run() -> float:
+        timing = {}
+        bundle.run(inputs, repeat=repeat, threads=threads, timing=timing)
+        return timing["median_ms"]
+    return run
+
+
+def session_runner(session, inputs: dict, repeat: int):
+    """A callable timing one round of an ONNX Runtime session (median ms of ``repeat`` runs)."""
+    return lambda: onnxruntime_median(session, inputs, repeat)
+
+
+def interleaved(runners: dict, rounds: int) -> dict[str, float]:
+    """Median over ``rounds`` of each runner's round time, the order rotating every round so
+    that none always runs first (or right after another)."""
+    samples = {name: [] for name in runners}
+    names = list(runners)
+    for index in range(rounds):
+        for name in names[index % len(names):] + names[:index % len(names)]:
+            samples[name].append(runners[name]())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def per_op_times(bundle, inputs: dict[str, np.ndarray]) -> list[tuple[str, int, float]]:
     """(kernel, calls, total ms) for one run of ``main``, slowest first (host bundles only).
 

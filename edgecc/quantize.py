@@ -88,8 +88,11 @@ def _weight_kn(node, initializers) -> np.ndarray | None:
     return value
 
 
-def quantize_int4(model: onnx.ModelProto, group_size: int = DEFAULT_GROUP_SIZE) -> tuple[onnx.ModelProto, list[Quantized]]:
-    """A copy of ``model`` with its eligible weights as 4-bit ``MatMulNBits`` nodes."""
+def quantize_int4(model: onnx.ModelProto, group_size: int = DEFAULT_GROUP_SIZE,
+                  int8_activations: bool = False) -> tuple[onnx.ModelProto, list[Quantized]]:
+    """A copy of ``model`` with its eligible weights as 4-bit ``MatMulNBits`` nodes;
+    ``int8_activations`` sets their ``accuracy_level`` to 4 (activations may be quantized to
+    int8 per group at run time: faster, less exact), else it is left at 0 (float32 math)."""
     check_group_size(group_size)
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
@@ -116,8 +119,9 @@ def quantize_int4(model: onnx.ModelProto, group_size: int = DEFAULT_GROUP_SIZE) 
         inputs = [node.input[0]] + [t.name for t in tensors]
         if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
             inputs += ["", "", node.input[2]]  # g_idx absent, then bias
+        extra = {"accuracy_level": 4} if int8_activations else {}
         nodes.append(helper.make_node("MatMulNBits", inputs, list(node.output), name=node.name or prefix,
-                                      domain="com.microsoft", K=k, N=n, bits=4, block_size=group_size))
+                                      domain="com.microsoft", K=k, N=n, bits=4, block_size=group_size, **extra))
         done.append(Quantized(node.name or prefix, [k, n], group_size))
         readers[node.input[1]] -= 1
     del graph.node[:]

@@ -6,7 +6,10 @@ an int4/uint4 initializer blocked along ``K``) into
 finds every ``matmul(x, permute_dims(dequantize(...)))`` (the weight read as ``[K, N]``) and
 replaces it by :func:`edgecc.schedules.int4.kernel` on the weight packed two codes a byte
 (:func:`edgecc.schedules.int4.pack`): no float32 copy of the weight is ever built, in the
-library or in memory. The bias add and activation after it fuse into the kernel.
+library or in memory. The bias add and activation after it fuse into the kernel. Where the
+model allows int8 activations (MatMulNBits' ``accuracy_level`` 4) and the CPU has AVX-512
+VNNI, the kernel is :func:`edgecc.schedules.int4.kernel_vnni`: activations quantized per
+group at run time, integer dot products.
 
 It runs first in the graph phase, before constant folding would evaluate the dequantization
 into a float32 weight, which is what happens where it does not apply: ``N`` not a multiple of
@@ -30,10 +33,11 @@ REPORT_ATTR = "edgecc.int4"
 
 @mutator
 class _Int4(PyExprMutator):
-    def __init__(self, mod, lanes: int, report: list):
+    def __init__(self, mod, lanes: int, vnni: bool, report: list):
         super().__init__(mod)
         self.mod = mod
         self.lanes = lanes
+        self.vnni = vnni
         self.report = report
 
     def _bound(self, expr):
@@ -58,11 +62,12 @@ class _Int4(PyExprMutator):
         if not isinstance(call, relax.Call) or call.op != tvm.ir.Op.get("relax.call_tir"):
             return None
         func = self.mod[call.args[0]]
-        group = (func.attrs or {}).get(int4.DEQUANTIZE_ATTR)
+        attrs = func.attrs or {}
+        group = attrs.get(int4.DEQUANTIZE_ATTR)
         arrays = [const_array(a) for a in call.args[1].fields]
         if group is None or any(a is None for a in arrays):
             return None
-        return (*arrays, int(group))
+        return (*arrays, int(group), int(attrs.get(int4.ACCURACY_ATTR, 0)))
 
     def visit_var_binding_(self, binding):
         from edgecc.schedules import int4
@@ -73,18 +78,28 @@ class _Int4(PyExprMutator):
         if found is None or x_shape is None or out_shape is None or call.args[0].ty.dtype != "float32":
             super().visit_var_binding_(binding)
             return
-        codes, scales, zeros, group = found
+        codes, scales, zeros, group, accuracy_level = found
         n, k = codes.shape
-        c, rows = int4.row_block(int(np.prod(x_shape[:-1])), n, self.lanes)
-        entry = {"layer": binding.var.name, "weight": [k, n], "group_size": group, "kernel": None}
+        lead = tuple(x_shape[:-1])
+        c, rows = int4.row_block(int(np.prod(lead)), n, self.lanes)
+        entry = {"layer": binding.var.name, "weight": [k, n], "group_size": group, "activations": "float32",
+                 "kernel": None}
         self.report.append(entry)
         if c is None:
             entry["reason"] = f"N={n} is not a multiple of {2 * self.lanes} (two SIMD vectors): float32"
             super().visit_var_binding_(binding)
             return
-        packed, tile_scales, tile_zeros = int4.pack(codes, scales, zeros, self.lanes, c)
-        gvar = self.builder_.add_func(int4.kernel(tuple(x_shape[:-1]), k, n, group, self.lanes, c, rows), "int4_matmul")
-        entry["kernel"], entry["reason"] = gvar.name_hint, "4-bit weight: INT4 kernel"
+        if accuracy_level >= 4 and self.vnni and group % 4 == 0:
+            packed, tile_scales, tile_zeros = int4.pack_vnni(codes, scales, zeros, c)
+            func, name = int4.kernel_vnni(lead, k, n, group, c, rows), "int4_matmul_vnni"
+            entry["activations"] = "int8"
+            entry["reason"] = "4-bit weight, accuracy_level 4: int8 activations, VNNI dot products"
+        else:
+            packed, tile_scales, tile_zeros = int4.pack(codes, scales, zeros, self.lanes, c)
+            func, name = int4.kernel(lead, k, n, group, self.lanes, c, rows), "int4_matmul"
+            entry["reason"] = "4-bit weight: INT4 kernel"
+        gvar = self.builder_.add_func(func, name)
+        entry["kernel"] = gvar.name_hint
         rebind(self, binding, relax.call_tir(
             gvar, [self.visit_expr(call.args[0]), relax.const(packed), relax.const(tile_scales),
                    relax.const(tile_zeros)], relax.TensorType(list(out_shape), "float32")))
@@ -94,12 +109,16 @@ def Int4Matmul(preset):  # noqa: N802 (TVM pass naming)
     """Pass: matmuls reading an imported 4-bit weight to INT4 kernels for a CPU preset."""
     import tvm
 
+    from tvm.target.codegen import target_has_features
+
     from edgecc.schedules import fp32_lanes
 
     @tvm.transform.module_pass(opt_level=0, name="edgecc.Int4Matmul")
     def _pass(mod, _ctx):
         report: list[dict] = []
-        rewriter = _Int4(mod, fp32_lanes(preset), report)
+        lanes = fp32_lanes(preset)
+        vnni = preset.arch == "x86_64" and lanes == 16 and target_has_features("avx512vnni", preset.tvm_target())
+        rewriter = _Int4(mod, lanes, vnni, report)
         for gvar, func in list(mod.functions_items()):
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))

@@ -13,11 +13,12 @@ and tiles of ``T = 2 * C * L`` output columns (``N`` a multiple of ``T``):
   ``t*T + j``'s code in its low nibble and column ``t*T + C*L + j``'s in its high nibble. One
   input's codes for a whole tile are one contiguous run (a cache line on AVX-512), and the
   kernel streams each tile's rows in order.
-- ``scales`` float32 ``[N / T, G, T]`` and ``zeros`` uint8 ``[N / T, G, T]`` (``G = K / B``):
-  column ``t*T + j``'s scale and zero point for group ``g``.
+- ``scales`` float32 ``[N / T, G, T]``: column ``t*T + j``'s scale for group ``g``
+  (``G = K / B``); ``zeros`` uint8 ``[N / T, G, C * L]``: its zero point, packed like the codes
+  (column ``t*T + j`` low, ``t*T + C*L + j`` high).
 
-That is ``K * N / 2`` bytes of codes plus ``5 * N * K / B`` of scales and zero points:
-0.66 bytes a weight at ``B = 32``, 0.16x float32.
+That is ``K * N / 2`` bytes of codes plus ``4.5 * N * K / B`` of scales and zero points:
+0.64 bytes a weight at ``B = 32``, 0.16x float32.
 
 Schedule (:func:`kernel`, written scheduled): first each group's sum of ``x`` per row; then in
 parallel over tiles, per pass of up to 3 rows of ``x`` and per group, ``2 * C`` vector
@@ -40,6 +41,7 @@ from .cpu import _vectorize_inner, inline_spatial_blocks
 
 INT4_ATTR = "edgecc.int4_matmul"
 DEQUANTIZE_ATTR = "edgecc.dequantize_int4"
+ACCURACY_ATTR = "edgecc.int4_accuracy_level"  # MatMulNBits' accuracy_level: 4 allows int8 activations
 XSUM_ATTR = "edgecc.int4_xsum"
 MAX_STACK_BYTES = 1024  # TVM's kMaxStackAlloca: larger local buffers go to the workspace heap
 MAX_HALF_VECTORS = 4  # C: 8 accumulators and 4 byte loads an input
@@ -54,6 +56,11 @@ def half_vectors(n: int, lanes: int) -> int | None:
     return None
 
 
+def _pack_halves(values: np.ndarray, half: int) -> np.ndarray:
+    """``[..., 2 * half]`` codes as ``[..., half]`` bytes: the first half low, the second high."""
+    return (values[..., :half] | (values[..., half:] << 4)).astype(np.uint8)
+
+
 def pack(codes_nk: np.ndarray, scales_ng: np.ndarray, zeros_ng: np.ndarray, lanes: int, c: int):
     """``(packed, scales, zeros)`` in the kernel's layout from codes ``[N, K]`` (0..15), scales
     ``[N, G]`` and zero points ``[N, G]`` (0..15)."""
@@ -65,7 +72,7 @@ def pack(codes_nk: np.ndarray, scales_ng: np.ndarray, zeros_ng: np.ndarray, lane
     groups = scales_ng.shape[1]
     per_tile = lambda a: a.reshape(n // tile, tile, groups).transpose(0, 2, 1)  # noqa: E731
     return (np.ascontiguousarray(packed, dtype=np.uint8), np.ascontiguousarray(per_tile(scales_ng), dtype=np.float32),
-            np.ascontiguousarray(per_tile(zeros_ng), dtype=np.uint8))
+            np.ascontiguousarray(_pack_halves(per_tile(zeros_ng.astype(np.uint8)), half)))
 
 
 def dequantize(codes: te.Tensor, scales: te.Tensor, zeros: te.Tensor, group: int) -> te.Tensor:
@@ -138,14 +145,15 @@ def kernel(lead: tuple[int, ...], k: int, n: int, group: int, lanes: int, c: int
                 for v in T.unroll(2 * c_):
                     for lane in T.vectorized(lanes_):
                         out[r, v * lanes_ + lane] = out[r, v * lanes_ + lane] + scales[vt, g, v * lanes_ + lane] * (
-                            acc[r, v, lane] - T.Cast("float32", zeros[vt, g, v * lanes_ + lane]) * xsum[first + r, g])
+                            acc[r, v, lane] - T.Cast("float32", T.bitwise_and(T.shift_right(
+                                    zeros[vt, g, (v % c_) * lanes_ + lane], T.Cast("uint8", v // c_ * 4)), T.uint8(15))) * xsum[first + r, g])
         for r in T.unroll(count):
             for j in T.vectorized(tile_):
                 y[at(first + r, vt * tile_ + j)] = out[r, j]
 
     @T.prim_func(private=True, s_tir=True)
     def int4_matmul(x: T.Buffer((*lead_, k_), "float32"), packed: T.Buffer((nt_, k_, half_), "uint8"),
-                    scales: T.Buffer((nt_, g_, tile_), "float32"), zeros: T.Buffer((nt_, g_, tile_), "uint8"),
+                    scales: T.Buffer((nt_, g_, tile_), "float32"), zeros: T.Buffer((nt_, g_, half_), "uint8"),
                     y: T.Buffer((*lead_, n_), "float32")):
         xsum = T.alloc_buffer((m_, g_), "float32")  # each group's sum of x, for the zero points
         for i in range(m_):
@@ -162,7 +170,7 @@ def kernel(lead: tuple[int, ...], k: int, n: int, group: int, lanes: int, c: int
             with T.sblock("int4_matmul"):
                 vt = T.axis.spatial(nt_, t)
                 T.reads(x[columns(0, k_)], packed[vt, 0:k_, 0:half_], scales[vt, 0:g_, 0:tile_],
-                        zeros[vt, 0:g_, 0:tile_], xsum[0:m_, 0:g_])
+                        zeros[vt, 0:g_, 0:half_], xsum[0:m_, 0:g_])
                 T.writes(y[columns(vt * tile_, tile_)])
                 T.sblock_attr({INT4_ATTR: 1})
                 acc = T.sblock_alloc_buffer((p_, 2 * c_, lanes_), "float32")
@@ -173,6 +181,128 @@ def kernel(lead: tuple[int, ...], k: int, n: int, group: int, lanes: int, c: int
                     rows_pass(i64(full * rows), i64(rest))
 
     return int4_matmul.with_attr("op_pattern", 4)  # OutEWiseFusable: bias and activation fuse in
+
+
+def pack_vnni(codes_nk: np.ndarray, scales_ng: np.ndarray, zeros_ng: np.ndarray, c: int):
+    """``(packed, scales, zeros)`` for :func:`kernel_vnni` (16 lanes): ``packed`` uint8
+    ``[N / T, K / 4, C, 64]``, byte ``4*i + j`` of vector ``v`` holding input ``4*kq + j`` of
+    column ``t*T + 16*v + i`` (low nibble) and of column ``t*T + 16*(C + v) + i`` (high): each
+    32-bit lane the four codes ``vpdpbusd`` multiplies with four int8 activations. Scales and
+    zero points as :func:`pack`."""
+    n, k = codes_nk.shape
+    tile = 32 * c
+    codes = codes_nk.astype(np.uint8).reshape(n // tile, 2, c, 16, k // 4, 4)
+    packed = (codes[:, 0] | (codes[:, 1] << 4)).transpose(0, 3, 1, 2, 4).reshape(n // tile, k // 4, c, 64)
+    _, scales, zeros = pack(codes_nk, scales_ng, zeros_ng, 16, c)
+    return np.ascontiguousarray(packed), scales, zeros
+
+
+def kernel_vnni(lead: tuple[int, ...], k: int, n: int, group: int, c: int, rows: int = 1) -> tvm.tirx.PrimFunc:
+    """``y = x @ dequant(W)^T`` with ``x`` quantized to int8 per row and group (symmetric,
+    ``scale = max|x| / 127``, ``round(x * (1 / scale))``): ONNX Runtime's MatMulNBits at
+    accuracy level 4. Integer dot products with AVX-512 VNNI (``vpdpbusd``: 4 codes by 4 activations
+    into each 32-bit lane), the weight packed by :func:`pack_vnni`; per group
+    ``y += s * sx * (sum(q * xq) - z * sum(xq))`` in float32."""
+    lanes, tile = 16, 32 * c
+    m = int(np.prod(lead))
+    assert n % tile == 0 and k % group == 0 and group % 16 == 0 and rows <= m, (n, k, group, tile, rows, m)
+    assert rows * 2 * c * lanes * 4 < MAX_STACK_BYTES
+    full, rest = divmod(m, rows)
+    i64 = T.int64
+    lead_ = [i64(d) for d in lead]
+    m_, k_, n_, b_, g_, q_ = i64(m), i64(k), i64(n), i64(group), i64(k // group), i64(group // 4)
+    nt_, half_, tile_, c_, p_ = i64(n // tile), i64(tile // 2), i64(tile), i64(c), i64(rows)
+
+    def at(i, last):
+        index = []
+        for dim in reversed(lead_):
+            index.append(i % dim)
+            i = i // dim
+        return tuple(index[::-1]) + (last,)
+
+    def columns(first, count):
+        return tuple(slice(0, d) for d in lead_) + (slice(first, first + count),)
+
+    @T.macro(hygienic=False)
+    def rows_pass(first, count):
+        for r in T.unroll(count):
+            for j in T.vectorized(tile_):
+                out[r, j] = T.float32(0)
+        for g in range(g_):
+            for r in T.unroll(count):
+                for v in T.unroll(2 * c_):
+                    acc[r, v, T.ramp(0, 1, 16)] = T.broadcast(T.int32(0), 16)
+            for kq in range(q_):
+                for v in T.unroll(c_):
+                    codes = packed[vt, g * q_ + kq, v, T.ramp(0, 1, 64)]
+                    low = T.reinterpret("int8x64", T.bitwise_and(codes, T.broadcast(T.uint8(15), 64)))
+                    high = T.reinterpret("int8x64", T.shift_right(codes, T.broadcast(T.uint8(4), 64)))
+                    for r in T.unroll(count):
+                        acc[r, v, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin(
+                            "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc[r, v, T.ramp(0, 1, 16)], low,
+                            T.reinterpret("int8x64", T.broadcast(T.reinterpret("int32", xq[
+                                first + r, T.ramp((g * q_ + kq) * 4, 1, 4)]), 16)))
+                        acc[r, c_ + v, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin(
+                            "int32x16", "llvm.x86.avx512.vpdpbusd.512", acc[r, c_ + v, T.ramp(0, 1, 16)], high,
+                            T.reinterpret("int8x64", T.broadcast(T.reinterpret("int32", xq[
+                                first + r, T.ramp((g * q_ + kq) * 4, 1, 4)]), 16)))
+            for r in T.unroll(count):
+                for v in T.unroll(2 * c_):
+                    out[r, T.ramp(v * 16, 1, 16)] = out[r, T.ramp(v * 16, 1, 16)] + T.Cast(
+                        "float32x16", acc[r, v, T.ramp(0, 1, 16)] - T.Cast(
+                            "int32x16", T.bitwise_and(T.shift_right(zeros[vt, g, T.ramp(v % c_ * 16, 1, 16)], T.broadcast(
+                                T.Cast("uint8", v // c_ * 4), 16)), T.broadcast(T.uint8(15), 16))) * T.broadcast(xqsum[first + r, g], 16)
+                    ) * scales[vt, g, T.ramp(v * 16, 1, 16)] * T.broadcast(xscale[first + r, g], 16)
+        for r in T.unroll(count):
+            for j in T.vectorized(tile_):
+                y[at(first + r, vt * tile_ + j)] = out[r, j]
+
+    @T.prim_func(private=True, s_tir=True)
+    def int4_matmul_vnni(x: T.Buffer((*lead_, k_), "float32"), packed: T.Buffer((nt_, g_ * q_, c_, 64), "uint8"),
+                         scales: T.Buffer((nt_, g_, tile_), "float32"), zeros: T.Buffer((nt_, g_, half_), "uint8"),
+                         y: T.Buffer((*lead_, n_), "float32")):
+        xq = T.alloc_buffer((m_, k_), "int8")
+        xqsum = T.alloc_buffer((m_, g_), "int32")
+        xscale = T.alloc_buffer((m_, g_), "float32")
+        for i, g in T.grid(m_, g_):
+            with T.sblock("int4_quantize_x"):
+                vi, vg = T.axis.remap("SS", [i, g])
+                T.reads(x[at(vi, slice(vg * b_, vg * b_ + b_))])
+                T.writes(xq[vi, vg * b_:vg * b_ + b_], xqsum[vi, vg], xscale[vi, vg])
+                T.sblock_attr({XSUM_ATTR: 1})
+                part = T.sblock_alloc_buffer((16,), "float32")  # per-lane max |x|, then reduced
+                inverse = T.sblock_alloc_buffer((1,), "float32")
+                for lane in T.vectorized(16):
+                    part[lane] = T.float32(0)
+                for k0 in range(b_ // 16):
+                    for lane in T.vectorized(16):
+                        part[lane] = T.max(part[lane], T.abs(x[at(vi, vg * b_ + k0 * 16 + lane)]))
+                for lane in range(1, 16):
+                    part[0] = T.max(part[0], part[lane])
+                xscale[vi, vg] = T.if_then_else(part[0] > T.float32(0), part[0] / T.float32(127), T.float32(1))
+                inverse[0] = T.if_then_else(part[0] > T.float32(0), T.float32(1) / xscale[vi, vg], T.float32(0))
+                for k0 in range(b_ // 16):
+                    for lane in T.vectorized(16):
+                        xq[vi, vg * b_ + k0 * 16 + lane] = T.Cast(
+                            "int8", T.round(x[at(vi, vg * b_ + k0 * 16 + lane)] * inverse[0]))
+                xqsum[vi, vg] = 0
+                for kk in range(b_):
+                    xqsum[vi, vg] = xqsum[vi, vg] + T.Cast("int32", xq[vi, vg * b_ + kk])
+        for t in range(nt_):
+            with T.sblock("int4_matmul"):
+                vt = T.axis.spatial(nt_, t)
+                T.reads(xq[0:m_, 0:k_], packed[vt, 0:g_ * q_, 0:c_, 0:64], scales[vt, 0:g_, 0:tile_],
+                        zeros[vt, 0:g_, 0:half_], xqsum[0:m_, 0:g_], xscale[0:m_, 0:g_])
+                T.writes(y[columns(vt * tile_, tile_)])
+                T.sblock_attr({INT4_ATTR: 1})
+                acc = T.sblock_alloc_buffer((p_, 2 * c_, 16), "int32")
+                out = T.sblock_alloc_buffer((p_, tile_), "float32")
+                for i0 in range(i64(full)):
+                    rows_pass(i0 * p_, p_)
+                if rest > 0:
+                    rows_pass(i64(full * rows), i64(rest))
+
+    return int4_matmul_vnni.with_attr("op_pattern", 4)
 
 
 def kernel_of(sch: Schedule):
@@ -187,6 +317,8 @@ def schedule(sch: Schedule, block, lanes: int) -> str:
     """Parallel tiles; the fused epilogue inlined into one block computed per tile, vectorised."""
     xsum = next(b for b in sch.get_child_blocks(sch.get_sblock("root")) if XSUM_ATTR in sch.get(b).annotations)
     inline_spatial_blocks(sch, keep=[block, xsum])
+    xsum_loops = sch.get_loops(xsum)
+    sch.parallel(sch.fuse(*xsum_loops) if len(xsum_loops) > 1 else xsum_loops[0])
     tile = sch.get_loops(block)[-1]
     for consumer in sch.get_consumers(block):
         sch.reverse_compute_at(consumer, tile)

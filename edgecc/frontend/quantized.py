@@ -224,7 +224,9 @@ class MatMulNBits(OnnxOpConverter):
     one scale per (column, block); zero points are packed like ``B`` (uint8), or
     unpacked in the scales' float type, or absent (``2 ** (bits - 1)``). ``g_idx``
     maps each of the K rows to its block (act-order); without it row k is in block
-    ``k // block_size``. Computed in float32, the result cast to ``A``'s type.
+    ``k // block_size``. Computed in float32, the result cast to ``A``'s type. A constant
+    4-bit ``B`` becomes :func:`_four_bit` (an INT4 kernel on CPU targets; with
+    ``accuracy_level`` 4, one that may quantize ``A`` to int8 as ONNX Runtime does).
     """
 
     @classmethod
@@ -234,7 +236,8 @@ class MatMulNBits(OnnxOpConverter):
         k, n, bits, block_size = attr["K"], attr["N"], attr.get("bits", 4), attr["block_size"]
         if bits not in (2, 4, 8):
             raise ValueError(f"MatMulNBits: bits={bits} is not supported (2, 4 or 8)")
-        four_bit = _four_bit_weight(bb, b, scales, zero_points, g_idx, k, n, bits, block_size)
+        four_bit = _four_bit_weight(bb, b, scales, zero_points, g_idx, k, n, bits, block_size,
+                                    int(attr.get("accuracy_level", 0)))
         if four_bit is not None:
             out = relax.op.matmul(_f32(bb, a), relax.op.permute_dims(four_bit))
             if bias is not None:
@@ -275,20 +278,24 @@ def _nibbles(packed: np.ndarray) -> np.ndarray:
     return np.stack([packed & 15, packed >> 4], axis=-1).reshape(packed.shape[0], -1)
 
 
-def _four_bit(bb, codes_nk: np.ndarray, scales_ng: np.ndarray, zeros_ng: np.ndarray, group: int):
+def _four_bit(bb, codes_nk: np.ndarray, scales_ng: np.ndarray, zeros_ng: np.ndarray, group: int,
+              accuracy_level: int = 0):
     """A 4-bit weight ``[N, K]`` as :func:`edgecc.schedules.int4.dequantize` of its constant codes
     (0..15), scales and zero points: the form :mod:`edgecc.passes.quantize` lowers to an INT4
-    kernel (constant folding makes it float32 elsewhere)."""
+    kernel (constant folding makes it float32 elsewhere). ``accuracy_level`` is MatMulNBits'
+    (4: the activations may be quantized to int8)."""
     from edgecc.schedules import int4
 
     return bb.emit(bb.call_te(
         int4.dequantize, relax.const(np.ascontiguousarray(codes_nk, dtype=np.uint8)),
         relax.const(np.ascontiguousarray(scales_ng, dtype=np.float32)),
         relax.const(np.ascontiguousarray(zeros_ng, dtype=np.uint8)), group,
-        primfunc_name_hint="dequantize_int4", primfunc_attrs={int4.DEQUANTIZE_ATTR: group}))
+        primfunc_name_hint="dequantize_int4",
+        primfunc_attrs={int4.DEQUANTIZE_ATTR: group, int4.ACCURACY_ATTR: accuracy_level}))
 
 
-def _four_bit_weight(bb, b, scales, zero_points, g_idx, k: int, n: int, bits: int, block_size: int):
+def _four_bit_weight(bb, b, scales, zero_points, g_idx, k: int, n: int, bits: int, block_size: int,
+                     accuracy_level: int):
     """MatMulNBits' constant 4-bit ``B`` as :func:`_four_bit` ``[N, K]``; None when it is not
     one (other bits, act-order ``g_idx``, float zero points, ``K`` not whole blocks)."""
     packed, scale = _constant(b), _constant(scales)
@@ -304,7 +311,7 @@ def _four_bit_weight(bb, b, scales, zero_points, g_idx, k: int, n: int, bits: in
         if zeros is None or zeros.dtype != np.uint8:
             return None
         zeros = _nibbles(zeros.reshape(n, -1))[:, :blocks]
-    return _four_bit(bb, codes, scale.reshape(n, blocks), zeros, block_size)
+    return _four_bit(bb, codes, scale.reshape(n, blocks), zeros, block_size, accuracy_level)
 
 
 def _blocked_four_bit(bb, x, scale, zero_point, axis: int, block_size: int):

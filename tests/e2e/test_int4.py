@@ -9,8 +9,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from tvm.target.codegen import target_has_features
+
 import edgecc
 from edgecc.quantize import quantize_int4
+from edgecc.targets import get_target
 from edgecc.zoo import encoder_model, ffn_model, sample_inputs
 from tests.conftest import run_cli
 
@@ -72,6 +75,31 @@ def test_matmul_nbits_runs_int4_and_matches_onnxruntime(k, n, block, zero_points
     rules = next(p["kernels"] for p in bundle.manifest["passes"] if p["phase"] == "schedule")
     assert list(rules.values()) == ["int4-matmul"], rules  # one kernel, the bias inside
     np.testing.assert_allclose(_output(bundle, inputs), _reference(model, inputs), rtol=RTOL, atol=ATOL)
+
+
+def _with_accuracy_level(model, level):
+    for node in model.graph.node:
+        node.attribute.append(helper.make_attribute("accuracy_level", level))
+    return model
+
+
+@pytest.mark.skipif(not target_has_features("avx512vnni", get_target("host").tvm_target()),
+                    reason="this CPU has no AVX-512 VNNI")
+@pytest.mark.parametrize("k, n, block, rows", [(256, 64, 32, 1), (512, 128, 128, 4)])
+def test_accuracy_level_4_runs_int8_activations_like_onnxruntime(k, n, block, rows):
+    """MatMulNBits allowing int8 activations: edgecc's VNNI kernel quantizes them as ONNX
+    Runtime's level 4 does (per block, max|x| / 127, round to nearest), so the two agree to
+    float32 rounding of the per-block scaling; both differ from float32 math by more."""
+    model = _with_accuracy_level(_matmul_nbits(k, n, block, True, rows), 4)
+    inputs = sample_inputs(model)
+    bundle = edgecc.compile(model, "host")
+    (layer,) = bundle.manifest["quantization"]["int4_layers"]
+    assert layer["kernel"] == "int4_matmul_vnni" and layer["activations"] == "int8", layer
+    got = _output(bundle, inputs)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(got, session.run(None, inputs)[0], rtol=1e-4, atol=1e-4)
+    exact = _reference(_with_accuracy_level(_matmul_nbits(k, n, block, True, rows), 0), inputs)
+    assert not np.allclose(got, exact, rtol=1e-4, atol=1e-4)  # really int8 activations
 
 
 def test_columns_not_whole_vectors_stay_float32_and_match():
@@ -147,6 +175,7 @@ def test_build_quantize_int4_from_the_command_line(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--quantize", "int4", "--group-size", "24"], "--group-size must be one of 16, 32, 64, 128, 256, got 24"),
     (["--quantize", "int8"], "invalid choice: 'int8'"),
+    (["--int8-activations"], "--int8-activations needs --quantize int4"),
 ])
 def test_bad_quantize_arguments_are_one_line(tmp_path, args, message):
     path = tmp_path / "ffn.onnx"

@@ -7,6 +7,8 @@ import pytest
 import tvm
 from tvm.s_tir import Schedule
 
+from tvm.target.codegen import target_has_features
+
 from edgecc.quantize import quantize_weight
 from edgecc.schedules import int4
 from edgecc.targets import get_target
@@ -60,7 +62,9 @@ def test_pack_layout_is_the_documented_one():
     for t, kk, j in [(0, 0, 0), (1, 5, 3), (1, 31, 15)]:
         assert packed[t, kk, j] & 15 == codes[t * tile + j, kk]
         assert packed[t, kk, j] >> 4 == codes[t * tile + half + j, kk]
-    assert tile_scales[1, 1, 7] == scales[tile + 7, 1] and tile_zeros[0, 0, 20] == zeros[20, 0]
+    assert tile_scales[1, 1, 7] == scales[tile + 7, 1]
+    assert tile_zeros.shape == (n // tile, k // group, half)
+    assert tile_zeros[1, 1, 4] & 15 == zeros[tile + 4, 1] and tile_zeros[1, 1, 4] >> 4 == zeros[tile + half + 4, 1]
 
 
 def test_half_vectors_and_row_block():
@@ -80,3 +84,33 @@ def test_quantize_weight_round_trip_within_half_a_step():
     assert np.all(np.abs(back - weight) <= step * 0.5 + 1e-6)
     # zero is representable exactly (padding, ReLU'd activations' weights...)
     assert np.all(np.abs(_dequantized(zeros[:, :, None].repeat(32, 2).reshape(48, 128), scales, zeros, 32)) == 0)
+
+
+def _int8_rows(x, group):
+    """``x`` as the VNNI kernel sees it: per row and group, ``round(x / s) * s``, ``s = max|x| / 127``."""
+    m, k = x.shape
+    blocks = x.reshape(m, k // group, group).astype(np.float32)
+    scale = np.abs(blocks).max(axis=2, keepdims=True) / np.float32(127)
+    inverse = np.where(scale > 0, 1 / np.where(scale > 0, scale, 1), 0).astype(np.float32)
+    return (np.round(blocks * inverse) * scale).reshape(m, k)
+
+
+@pytest.mark.skipif(not target_has_features("avx512vnni", HOST.tvm_target()),
+                    reason="this CPU has no AVX-512 VNNI")
+@pytest.mark.parametrize("lead, k, n, group", [
+    ((1,), 64, 32, 32), ((1,), 256, 128, 16), ((3,), 128, 96, 16), ((2, 5), 128, 64, 64)])
+def test_vnni_kernel_matches_numpy_with_int8_activations(lead, k, n, group):
+    rng = np.random.default_rng(k * n + group)
+    m = int(np.prod(lead))
+    c, rows = int4.row_block(m, n, LANES)
+    codes, scales, zeros = _weight(rng, n, k, group)
+    sch = Schedule(int4.kernel_vnni(lead, k, n, group, c, rows))
+    assert int4.schedule(sch, int4.kernel_of(sch), LANES) == "int4-matmul"
+    lib = tvm.compile(tvm.IRModule({"f": sch.mod["main"].with_attr("global_symbol", "f")}), target=HOST.tvm_target())
+    x = rng.standard_normal(lead + (k,)).astype(np.float32)
+    x.reshape(m, k)[0, :group] = 0  # an all-zero group: scale 1, every code multiplied by 0
+    out = tvm.runtime.tensor(np.full(lead + (n,), np.nan, np.float32))
+    lib["f"](*[tvm.runtime.tensor(a) for a in (x, *int4.pack_vnni(codes, scales, zeros, c))], out)
+    want = _int8_rows(x.reshape(m, k), group).astype(np.float64) @ _dequantized(codes, scales, zeros, group).T
+    # exact integer dot products; the float32 scaling per group rounds: relative 1e-5 plus a floor
+    np.testing.assert_allclose(out.numpy().reshape(m, n), want, rtol=1e-5, atol=1e-4 * np.sqrt(k))

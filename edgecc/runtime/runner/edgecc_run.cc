@@ -4,6 +4,9 @@
 //   edgecc-run MODEL.so [--device cpu|cuda] [--input FILE.npy]... [--output-dir DIR]
 //              [--repeat N] [--warmup N] [--threads N]
 //
+// Timing: --warmup untimed runs first (when timing several runs, for at least 200 ms),
+// then --repeat timed ones; the JSON line gives their median, mean and min.
+//
 // Exit codes: 0 ok; 2 bad input or failure to load/run (one line on stderr,
 // "edgecc-run: error: ..."); 3 CUDA requested but no CUDA runtime/GPU present.
 //
@@ -490,7 +493,15 @@ int Run(const Options& opt) {
     main_fn.value().CallPacked(views.data(), static_cast<int32_t>(views.size()), &result);
     Sync(dev);
   };
-  for (int i = 0; i < opt.warmup; ++i) call();
+  // Warm-up: --warmup runs, and when timing (--repeat > 1) at least kWarmupMs of them. A fresh
+  // process's pool threads can share one core for the first few milliseconds, until the
+  // scheduler spreads them: timing then would catch a parallel kernel at half speed.
+  constexpr double kWarmupMs = 200.0;
+  const auto warm_start = std::chrono::steady_clock::now();
+  auto warm_ms = [&]() {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - warm_start).count();
+  };
+  for (int i = 0; i < opt.warmup || (opt.warmup > 0 && opt.repeat > 1 && warm_ms() < kWarmupMs); ++i) call();
   std::vector<double> ms;
   for (int i = 0; i < opt.repeat; ++i) {
     auto t0 = std::chrono::steady_clock::now();
