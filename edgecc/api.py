@@ -155,6 +155,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
             log(f"  sparsity {layer['layer']} {layer['op']} {layer['weight']}: {layer['sparsity']:.0%} zeros, "
                 f"{layer['block']} blocks, {'sparse ' + layer['kernel'] if layer['converted'] else 'dense'} "
                 f"({layer['reason']})")
+        for layer in record.int8_layers or []:
+            log(f"  int8 {layer['layer']} {layer['weight']}: {layer['kernel'] or 'int32 matmul'} ({layer['reason']})")
         for layer in record.int4_layers or []:
             log(f"  int4 {layer['layer']} {layer['weight']} groups of {layer['group_size']}, "
                 f"{layer['activations']} activations: {layer['kernel'] or 'float32'} ({layer['reason']})")
@@ -175,7 +177,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
         "mode": quantize or "none", "group_size": group_size if quantize else None,
         "int8_activations": int8_activations,
         "weights_quantized": len(quantized),
-        "int4_layers": next((r.int4_layers for r in phases if r.int4_layers is not None), [])}
+        "int4_layers": next((r.int4_layers for r in phases if r.int4_layers is not None), []),
+        "int8_layers": next((r.int8_layers for r in phases if r.int8_layers is not None), [])}
     if tuning is not None:
         manifest["tuning_records"] = tuning.report()
         log(f"tuning logs: {manifest['tuning_records']['from_log']} kernels from records, "

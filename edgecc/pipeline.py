@@ -34,6 +34,7 @@ class PhaseRecord:
     kernels: dict[str, str] | None = None  # schedule phase: kernel name -> rule that scheduled it
     sparse_layers: list[dict] | None = None  # graph phase: the sparsity pass's decision per weight
     int4_layers: list[dict] | None = None  # graph phase: matmuls reading 4-bit weights, and their kernels
+    int8_layers: list[dict] | None = None  # graph phase: int8 matmuls, and their kernels
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -105,7 +106,8 @@ def run_phases(mod: tvm.IRModule, preset, target, tuning=None, until: str | None
                                        round(time.perf_counter() - start, 3), prim_funcs,
                                        schedule_report(mod) if name == "schedule" else None,
                                        sparsify.report_of(mod) if name == "graph" else None,
-                                       quantize.report_of(mod) if name == "graph" else None))
+                                       quantize.report_of(mod) if name == "graph" else None,
+                                       quantize.int8_report_of(mod) if name == "graph" else None))
             if dump_dir:
                 Path(dump_dir).mkdir(parents=True, exist_ok=True)
                 (Path(dump_dir) / f"{index}_{name}.py").write_text(mod.script())

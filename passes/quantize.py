@@ -1,4 +1,7 @@
-"""4-bit weights to INT4 weight-only matmul kernels, the dequantization fused in.
+"""Quantized matmuls to integer kernels: 4-bit weight-only (INT4) and INT8.
+
+INT4 (:func:`Int4Matmul`): 4-bit weights to weight-only matmul kernels, the dequantization
+fused in.
 
 The importer turns a 4-bit weight (``com.microsoft.MatMulNBits``, or ``DequantizeLinear`` of
 an int4/uint4 initializer blocked along ``K``) into
@@ -29,6 +32,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from ._util import const_array, op_name, rebind, static_shape
 
 REPORT_ATTR = "edgecc.int4"
+INT8_REPORT_ATTR = "edgecc.int8"
 
 
 @mutator
@@ -132,3 +136,125 @@ def report_of(mod) -> list[dict]:
     """The layers :func:`Int4Matmul` looked at (empty when it did not run or found none)."""
     attrs = mod.attrs or {}
     return json.loads(str(attrs[REPORT_ATTR])) if REPORT_ATTR in attrs else []
+
+
+# -- INT8 ---------------------------------------------------------------------------------------
+@mutator
+class _Int8(PyExprMutator):
+    def __init__(self, mod, isa, report: list):
+        super().__init__(mod)
+        self.isa = isa
+        self.report = report
+
+    def _bound(self, expr):
+        while isinstance(expr, relax.Var):
+            value = self.lookup_binding(expr)
+            if value is None:
+                return expr
+            expr = value
+        return expr
+
+    def _evaluate(self, expr, depth: int = 0):
+        """The NumPy value of an expression built from constants by casts, elementwise
+        arithmetic and reshapes (a zero-point-centred weight), else None."""
+        value = self._bound(expr)
+        array = const_array(value)
+        if array is not None or depth > 8 or not isinstance(value, relax.Call):
+            return array
+        name = op_name(value)
+        args = [self._evaluate(a, depth + 1) if isinstance(a.ty, relax.TensorType) else None for a in value.args[:2]]
+        if args[0] is None:
+            return None
+        if name == "relax.astype":
+            return args[0].astype(str(value.attrs.dtype))
+        if name in ("relax.subtract", "relax.add") and len(value.args) == 2 and args[1] is not None:
+            dtype = str(value.ty.dtype)
+            result = (np.subtract if name == "relax.subtract" else np.add)(args[0], args[1])
+            return result.astype(dtype)
+        if name == "relax.permute_dims" and (value.attrs.axes is None or args[0].ndim == 2):
+            return args[0].T
+        if name in ("relax.reshape", "relax.expand_dims"):
+            shape = static_shape(value)
+            return None if shape is None else args[0].reshape(shape)
+        return None
+
+    def _activations(self, expr):
+        """``(a, za)`` for ``int32(a) - za`` or ``int32(a)`` with ``a`` int8/uint8 and ``za`` a
+        scalar int32 (an expression, or None for 0); else None."""
+        value, zero = self._bound(expr), None
+        if op_name(value) == "relax.subtract":
+            zero = value.args[1]
+            zero_shape = static_shape(zero)
+            if zero_shape is None or any(d != 1 for d in zero_shape) or str(zero.ty.dtype) != "int32":
+                return None
+            value = self._bound(value.args[0])
+        if op_name(value) != "relax.astype" or str(value.attrs.dtype) != "int32":
+            return None
+        a = value.args[0]
+        if not isinstance(a.ty, relax.TensorType) or str(a.ty.dtype) not in ("int8", "uint8"):
+            return None
+        return a, zero
+
+    def visit_var_binding_(self, binding):
+        from edgecc.schedules import int8
+
+        call = binding.value
+        if op_name(call) != "relax.matmul" or str(call.attrs.out_dtype) != "int32":
+            super().visit_var_binding_(binding)
+            return
+        weight = self._evaluate(call.args[1])
+        found = self._activations(call.args[0])
+        a_shape, out_shape = static_shape(call.args[0]), static_shape(call)
+        if weight is None or weight.ndim != 2 or found is None or a_shape is None or out_shape is None:
+            super().visit_var_binding_(binding)
+            return
+        a, zero = found
+        k, n = weight.shape
+        entry = {"layer": binding.var.name, "weight": [k, n], "kernel": None}
+        self.report.append(entry)
+        lead = tuple(static_shape(a)[:-1])
+        tiles = int8.tile_vectors(int(np.prod(lead)), n, self.isa.lanes)
+        packed = None if tiles is None else int8.pack(weight.astype(np.int32), self.isa.lanes, tiles[0])
+        if packed is None:
+            entry["reason"] = ("N not a multiple of the SIMD width" if tiles is None else
+                               "a weight column spans more than 256 values") + ": generic int32 matmul"
+            super().visit_var_binding_(binding)
+            return
+        func = int8.kernel(lead, k, n, str(a.ty.dtype), self.isa, *tiles)
+        gvar = self.builder_.add_func(func, f"int8_matmul_{self.isa.name}")
+        entry["kernel"], entry["reason"] = gvar.name_hint, f"int8 x int8 dot products ({self.isa.name})"
+        zero = relax.const(np.array(0, np.int32)) if zero is None else self.visit_expr(zero)
+        if static_shape(zero) != ():
+            zero = self.builder_.emit(relax.op.reshape(zero, []))
+        w, wz, cw = packed
+        rebind(self, binding, relax.call_tir(
+            gvar, [self.visit_expr(a), zero, relax.const(w), relax.const(wz), relax.const(cw)],
+            relax.TensorType(list(out_shape), "int32")))
+
+
+def Int8Matmul(preset):  # noqa: N802 (TVM pass naming)
+    """Pass: int32 matmuls of int8/uint8 activations by a constant weight (as the quantized
+    ops import, constants folded) to dot-product kernels, where the CPU preset has them
+    (AVX-512 VNNI, AArch64 dotprod); elsewhere they stay generic int32 matmuls."""
+    from edgecc.schedules import int8
+
+    @tvm.transform.module_pass(opt_level=0, name="edgecc.Int8Matmul")
+    def _pass(mod, _ctx):
+        isa = int8.isa_for(preset)
+        if isa is None:
+            return mod
+        report: list[dict] = []
+        rewriter = _Int8(mod, isa, report)
+        for gvar, func in list(mod.functions_items()):
+            if isinstance(func, relax.Function):
+                rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
+        new = rewriter.builder_.get()
+        return new.with_attr(INT8_REPORT_ATTR, json.dumps(report)) if report else new
+
+    return _pass
+
+
+def int8_report_of(mod) -> list[dict]:
+    """The int32 matmuls :func:`Int8Matmul` looked at (empty when it did not run or found none)."""
+    attrs = mod.attrs or {}
+    return json.loads(str(attrs[INT8_REPORT_ATTR])) if INT8_REPORT_ATTR in attrs else []

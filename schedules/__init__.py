@@ -19,7 +19,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
-from . import cpu, gpu, int4, sparse, winograd
+from . import cpu, gpu, int4, int8, sparse, winograd
 from .compute import conv2d_legalizer, extreme_reduce_legalizers, fast_math_legalizers, matmul_legalizer
 
 RULE_ATTR = "edgecc.schedule"
@@ -60,6 +60,9 @@ def schedule_cpu(sch: Schedule, lanes: int, partial_tiles: bool = True,
         block, kind = found
         rule = {sparse.SPARSE_ATTR: sparse.schedule, sparse.DEPTHWISE_ATTR: sparse.schedule_depthwise}
         return rule.get(kind, sparse.schedule_transpose)(sch, block, lanes)
+    int8_block = int8.kernel_of(sch)
+    if int8_block is not None:
+        return None if choices.variant else int8.schedule(sch, int8_block, lanes)
     int4_block = int4.kernel_of(sch)
     if int4_block is not None:
         return None if choices.variant else int4.schedule(sch, int4_block, lanes)

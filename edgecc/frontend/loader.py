@@ -18,6 +18,7 @@ from edgecc.errors import UnsupportedOpError, UserInputError
 
 from .converters import converter_ops, supported_ops
 from .narrow import lower_narrow_types
+from .qdq import fuse_qdq
 from .simplify import simplify
 
 
@@ -272,6 +273,7 @@ def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | Non
 
     check_supported(model)
     _check_no_strings(model)
+    model = fuse_qdq(model)  # QDQ matmuls as QLinearMatMul: integer kernels, not float on dequantized values
     input_values = dict(input_values or {})
     input_shapes = {**(input_shapes or {}), **{k: list(np.shape(v)) for k, v in input_values.items()}}
     inputs = bind_input_shapes(model, input_shapes)

@@ -9,7 +9,7 @@ These are reference lowerings (everything dequantized or widened to int32);
 fast kernels are a later pass's business.
 
 - ``QLinearConv``, ``ConvInteger``, ``QLinearMatMul``, and ONNX Runtime's
-  ``com.microsoft::QGemm`` and ``com.microsoft::MatMulNBits``.
+  ``com.microsoft::QGemm``, ``com.microsoft::QLinearAdd`` and ``com.microsoft::MatMulNBits``.
 - ``DequantizeLinear`` / ``QuantizeLinear`` with per-tensor, per-axis and blocked
   (opset 21 ``block_size``) parameters; float8 types stay with TVM's converters.
 - 4-bit tensors arrive held in int8/uint8 with their values (:mod:`.narrow`).
@@ -213,6 +213,24 @@ class QGemm(OnnxOpConverter):
         if y_zero_point is None:
             return relax.op.multiply(_f32(bb, acc), multiplier)
         return _requantize(bb, acc, multiplier, _as_scalar(bb, y_zero_point), _dtype(y_zero_point))
+
+
+@register_converter("QLinearAdd", domain="com.microsoft")
+class QLinearAdd(OnnxOpConverter):
+    """ONNX Runtime's quantized Add: ``Q(DQ(A) + DQ(B))`` into ``C``'s parameters, computed in
+    float32 as MLAS does (per-tensor parameters; a broadcast ``B``, e.g. a bias)."""
+
+    @classmethod
+    def _impl_v1(cls, bb, inputs, attr, params):
+        a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_zero_point = inputs[:8]
+
+        def dequantized(x, scale, zero_point):
+            return relax.op.multiply(_f32(bb, _centered(bb, x, _as_scalar(bb, zero_point))), _as_scalar(bb, _f32(bb, scale)))
+
+        total = relax.op.add(dequantized(a, a_scale, a_zero_point), dequantized(b, b_scale, b_zero_point))
+        value = relax.op.round(relax.op.divide(total, _as_scalar(bb, _f32(bb, c_scale))))
+        dtype = _dtype(c_zero_point) if c_zero_point is not None else _dtype(a)
+        return bb.normalize(_saturate(bb, value, _as_scalar(bb, c_zero_point), dtype))
 
 
 @register_converter("MatMulNBits", domain="com.microsoft")

@@ -1,0 +1,136 @@
+"""INT8 matmuls from the quantization tools people use (ONNX Runtime's ``quantize_dynamic`` and
+``quantize_static``, QDQ and QOperator) run as integer dot-product kernels and match ONNX
+Runtime; the generated code uses the target's dot-product instruction."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+from tvm.target.codegen import target_has_features
+
+import edgecc
+from edgecc.targets import get_target
+from edgecc.zoo import encoder_model, ffn_model, sample_inputs
+
+needs_vnni = pytest.mark.skipif(not target_has_features("avx512vnni", get_target("host").tvm_target()),
+                                reason="this CPU has no AVX-512 VNNI")
+
+
+def _ffn():
+    return ffn_model(d_model=64, hidden=256, seq=8)
+
+
+class _Reader(CalibrationDataReader):
+    def __init__(self, model, batches=4):
+        rng = np.random.default_rng(1)
+        shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+        self.batches = iter([{name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+                             for _ in range(batches)])
+
+    def get_next(self):
+        return next(self.batches, None)
+
+
+def _dynamic(model, tmp_path):
+    onnx.save(model, tmp_path / "fp32.onnx")
+    quantize_dynamic(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", weight_type=QuantType.QInt8)
+    return onnx.load(tmp_path / "int8.onnx")
+
+
+def _static(model, tmp_path, quant_format, activations, per_channel):
+    onnx.save(model, tmp_path / "fp32.onnx")
+    quantize_static(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", _Reader(model), quant_format=quant_format,
+                    activation_type=activations, weight_type=QuantType.QInt8, per_channel=per_channel)
+    return onnx.load(tmp_path / "int8.onnx")
+
+
+def _reference(model, inputs):
+    """ONNX Runtime on the model as written (its graph optimiser would fuse further QDQ
+    patterns of its own, activation x activation matmuls included)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"]).run(None, inputs)[0]
+
+
+def _output_step(model) -> float:
+    """The scale of the quantized value the model's output is dequantized from (1 step)."""
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    node = producer[model.graph.output[0].name]
+    return float(consts[node.input[1]]) if node.op_type == "DequantizeLinear" else 0.0
+
+
+def _kernels(bundle):
+    return [layer["kernel"] for layer in bundle.manifest["quantization"]["int8_layers"]]
+
+
+def _output(bundle, inputs):
+    return next(iter(bundle.run(inputs).values()))
+
+
+@needs_vnni
+@pytest.mark.parametrize("make", [_ffn, lambda: encoder_model(layers=1, d_model=64, heads=2, seq=8, ffn=256)])
+def test_dynamic_quantization_runs_vnni_and_matches_onnxruntime(make, tmp_path):
+    """DynamicQuantizeLinear + MatMulInteger: uint8 activations, int8 weights, float32 out."""
+    model = _dynamic(make(), tmp_path)
+    inputs = sample_inputs(model)
+    bundle = edgecc.compile(model, "host")
+    kernels = _kernels(bundle)
+    assert kernels and all(k and k.startswith("int8_matmul_vnni") for k in kernels), kernels
+    rules = next(p["kernels"] for p in bundle.manifest["passes"] if p["phase"] == "schedule")
+    # the scale multiply, bias add and activation fused into the integer kernel
+    assert any(name.startswith("fused_int8_matmul") and "add" in name for name in rules), rules
+    # integer accumulation is exact: float32 rounding of the scaling only
+    np.testing.assert_allclose(_output(bundle, inputs), _reference(model, inputs), rtol=1e-5, atol=1e-5)
+
+
+@needs_vnni
+@pytest.mark.parametrize("quant_format", [QuantFormat.QDQ, QuantFormat.QOperator])
+@pytest.mark.parametrize("activations, per_channel", [(QuantType.QUInt8, False), (QuantType.QInt8, True)])
+def test_static_quantization_runs_vnni_within_one_step(quant_format, activations, per_channel, tmp_path):
+    """QDQ (MatMul between DequantizeLinear and QuantizeLinear, fused to QLinearMatMul) and
+    QOperator (QLinearMatMul) from quantize_static, uint8 and int8 activations, per-tensor and
+    per-channel weights: within one quantization step of the output."""
+    model = _static(_ffn(), tmp_path, quant_format, activations, per_channel)
+    inputs = sample_inputs(model)
+    bundle = edgecc.compile(model, "host")
+    assert len(_kernels(bundle)) == 2 and all(_kernels(bundle)), bundle.manifest["quantization"]
+    want = _reference(model, inputs)
+    step = _output_step(model) or 1e-5
+    got = _output(bundle, inputs)
+    assert np.abs(got - want).max() <= step * 1.001, (np.abs(got - want).max(), step)
+
+
+@needs_vnni
+def test_host_library_uses_vpdpbusd(tmp_path):
+    bundle = edgecc.compile(_dynamic(_ffn(), tmp_path), "host")
+    code = subprocess.run(["objdump", "-d", str(bundle.path / "model.so")], capture_output=True, text=True).stdout
+    assert "vpdpbusd" in code
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-objdump") is None, reason="no aarch64 binutils")
+def test_arm_a76_uses_sdot_and_matches_host_under_qemu(tmp_path):
+    model = _dynamic(_ffn(), tmp_path)
+    inputs = sample_inputs(model)
+    bundle = edgecc.compile(model, "arm-a76")
+    assert all(k and k.startswith("int8_matmul_sdot") for k in _kernels(bundle)), _kernels(bundle)
+    code = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(bundle.path / "model.so")],
+                          capture_output=True, text=True).stdout
+    assert "sdot" in code
+    np.testing.assert_allclose(_output(bundle, inputs), _reference(model, inputs), rtol=1e-5, atol=1e-5)
+
+
+def test_without_dot_products_the_int32_matmul_still_matches(tmp_path):
+    """arm (no dotprod): the generic int32 matmul, same numbers."""
+    model = _dynamic(_ffn(), tmp_path)
+    inputs = sample_inputs(model)
+    bundle = edgecc.compile(model, "arm")
+    assert _kernels(bundle) == []
+    np.testing.assert_allclose(_output(bundle, inputs), _reference(model, inputs), rtol=1e-5, atol=1e-5)
