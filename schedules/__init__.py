@@ -20,7 +20,8 @@ from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
 from . import cpu, gpu, int4, int8, sparse, winograd
-from .compute import conv2d_legalizer, extreme_reduce_legalizers, fast_math_legalizers, matmul_legalizer
+from .compute import (WHOLE_REDUCTION_ATTR, conv2d_legalizer, extreme_reduce_legalizers, fast_math_legalizers,
+                      matmul_legalizer)
 
 RULE_ATTR = "edgecc.schedule"
 
@@ -60,6 +61,16 @@ def schedule_cpu(sch: Schedule, lanes: int, partial_tiles: bool = True,
         block, kind = found
         rule = {sparse.SPARSE_ATTR: sparse.schedule, sparse.DEPTHWISE_ATTR: sparse.schedule_depthwise}
         return rule.get(kind, sparse.schedule_transpose)(sch, block, lanes)
+    partial = next((b for b in sch.get_child_blocks(sch.get_sblock("root"))
+                    if WHOLE_REDUCTION_ATTR in sch.get(b).annotations), None)
+    if partial is not None:
+        if choices.variant:
+            return None
+        parts, lane, run = sch.get_loops(partial)
+        sch.reorder(parts, run, lane)
+        sch.parallel(parts)
+        sch.vectorize(lane)
+        return "whole-reduction"
     int8_block = int8.kernel_of(sch)
     if int8_block is not None:
         return None if choices.variant else int8.schedule(sch, int8_block, lanes)

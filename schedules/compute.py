@@ -267,6 +267,10 @@ def fast_math_legalizers() -> dict:
             "relax.nn.softmax": make("relax.nn.softmax", topi.nn.fast_softmax, with_axis=True)}
 
 
+PARTS, LANES = 8, 16  # a whole-tensor max/min: partial results, threads by vector lanes
+WHOLE_REDUCTION_ATTR = "edgecc.whole_reduction"
+
+
 def extreme_reduce_legalizers() -> dict:
     """Float ``max``/``min`` reductions that start from -inf/+inf, as ONNX defines them
     (and bool ones as any/all, which TVM cannot reduce at all).
@@ -296,8 +300,33 @@ def extreme_reduce_legalizers() -> dict:
                 else list(range(ndim))
             keepdims = bool(call.attrs.keepdims)
 
+            def whole(x, reducer):
+                """All of ``x`` to one value in two steps: ``PARTS x LANES`` partial results, each
+                over a contiguous run (vectorised across lanes, parallel across parts), then those."""
+                dims = [int(d) for d in x.shape]
+                run = int(np.prod(dims)) // (PARTS * LANES)
+                c = te.reduce_axis((0, run), name="c")
+
+                def element(flat):
+                    index = []
+                    for dim in reversed(dims):
+                        index.append(flat % dim)
+                        flat = flat // dim
+                    return x[tuple(index[::-1])]
+
+                partial = te.compute((PARTS, LANES), lambda p, lane: reducer(
+                    element((p * run + c) * LANES + lane), axis=[c]), name="partial",
+                    attrs={WHOLE_REDUCTION_ATTR: 1})
+                pp, pl = te.reduce_axis((0, PARTS), name="pp"), te.reduce_axis((0, LANES), name="pl")
+                shape = [1] * ndim if keepdims else []
+                return te.compute(shape, lambda *_: reducer(partial[pp, pl], axis=[pp, pl]),
+                                  name=op_name.split(".")[-1])
+
             def compute(x):
                 reducer = te.comm_reducer(pick, lambda t: tvm.tirx.const(identity, t), name=op_name)
+                size = int(np.prod([int(d) for d in x.shape])) if all(isinstance(d, tvm.tirx.IntImm) for d in x.shape) else 0
+                if len(axes) == ndim and size >= 4 * PARTS * LANES and size % (PARTS * LANES) == 0:
+                    return whole(x, reducer)
                 ranges = [te.reduce_axis((0, x.shape[a]), name=f"k{a}") for a in axes]
                 out_shape = [1 if a in axes else x.shape[a] for a in range(ndim)] if keepdims \
                     else [x.shape[a] for a in range(ndim) if a not in axes]

@@ -49,8 +49,8 @@ def _is_reduction(sch: Schedule, block) -> bool:
 def _contiguous_axis(sch: Schedule, block) -> int | None:
     """Index of the spatial iter var that is the written buffer's last index, if any."""
     node = sch.get(block)
-    if len(node.writes) != 1:
-        return None
+    if len(node.writes) != 1 or not node.writes[0].region:
+        return None  # several outputs, or a 0-d one (a reduction to a scalar)
     last = node.writes[0].region[-1]
     for index, iv in enumerate(node.iter_vars):
         if iv.iter_type == DATA_PAR and last.min.same_as(iv.var) and int(last.extent) == 1:
@@ -156,6 +156,18 @@ def injective(sch: Schedule, block, lanes: int, partial_tiles: bool = True) -> N
         sch.parallel(loops[0])
 
 
+def _full_reduction(sch: Schedule, block, loops, lanes: int) -> None:
+    """A reduction to one value (a tensor's max, say): ``lanes`` partial results computed a
+    vector at a time (rfactor), then reduced."""
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    extent = _extent(sch, fused)
+    if extent is None or extent < 2 * lanes or extent % lanes:
+        return
+    outer, inner = sch.split(fused, [None, lanes])
+    partial = sch.rfactor(inner, 0)  # loops: the reduction outside, the lanes (now spatial) inside
+    sch.vectorize(sch.get_loops(partial)[-1])
+
+
 def row_reduction(sch: Schedule, block, lanes: int) -> None:
     """Reduction along a non-contiguous or innermost axis: parallel over the spatial loops."""
     loops = sch.get_loops(block)
@@ -163,6 +175,9 @@ def row_reduction(sch: Schedule, block, lanes: int) -> None:
     if len(loops) != len(kinds):
         return
     spatial = [loop for loop, kind in zip(loops, kinds) if kind == DATA_PAR]
+    if not spatial and loops:
+        _full_reduction(sch, block, loops, lanes)
+        return
     if not spatial or spatial != loops[: len(spatial)]:
         return
     outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
