@@ -16,7 +16,9 @@ from edgecc import __version__
 from edgecc.bundle import LIBRARY, MANIFEST, Bundle, sha256
 from edgecc.errors import EdgeccError, UserInputError
 from edgecc.frontend import import_onnx, inspect_model, load_onnx
-from edgecc.quantize import QUANTIZE_MODES, check_group_size, quantize_int4
+from edgecc.frontend.loader import bind_input_shapes
+from edgecc.quantize import (QUANTIZE_MODES, check_group_size, load_calibration, quantize_int4, quantize_int8,
+                             random_calibration)
 from edgecc.targets import TargetPreset, get_target
 
 __all__ = ["compile", "inspect_model"]
@@ -46,7 +48,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
             mattr: list[str] | None = None, vlen: int | None = None, cuda_arch: str | None = None,
             tuning_log: str | os.PathLike | list | None = None, sparsity: str = "auto",
             quantize: str | None = None, group_size: int = 32, int8_activations: bool = False,
-            log: Callable[[str], None] | None = None) -> Bundle:
+            calibration: str | os.PathLike | list | None = None,
+            log: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None) -> Bundle:
     """Compile an ONNX model into a bundle for a target.
 
     Parameters
@@ -68,12 +71,18 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
         block-sparse kernels (per the target's measured threshold) become fused sparse
         kernels; the manifest's ``sparsity`` lists each candidate weight and the decision.
         ``off``: every weight stays dense.
-    quantize : {None, "int4"}
+    quantize : {None, "int4", "int8"}
         ``int4``: quantize every ``MatMul``/``Gemm`` constant weight to 4 bits, asymmetric per
         group of ``group_size`` inputs (:mod:`edgecc.quantize`), run by INT4 weight-only kernels
         on CPU targets. Models that arrive with 4-bit weights (``MatMulNBits``, blocked int4
-        ``DequantizeLinear``) take those kernels without it. The manifest's ``quantization``
-        lists each matmul with a 4-bit weight and its kernel.
+        ``DequantizeLinear``) take those kernels without it. ``int8``: static quantization
+        (int8 weights per output channel, uint8 activations calibrated on ``calibration``),
+        written as QDQ; matmuls run as INT8 kernels. The manifest's ``quantization`` lists each
+        matmul with a quantized weight and its kernel.
+    calibration : folder or list of dicts, optional
+        ``quantize="int8"``'s calibration samples: a folder (one-input models: one ``.npy`` a
+        sample; several inputs: one subfolder a sample, ``<input name>.npy`` each) or a list of
+        ``{input name: array}``. Without: 8 seeded random samples, with a warning.
     group_size : int
         Inputs per scale and zero point for ``quantize="int4"`` (16, 32, 64, 128 or 256).
     int8_activations : bool
@@ -82,6 +91,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
         products where the CPU has them; faster, less exact.
     log : callable, optional
         Receives one progress line per step.
+    warn : callable, optional
+        Receives warnings (default: ``log``).
 
     Returns
     -------
@@ -89,15 +100,18 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
         The compiled bundle, in a private folder until :meth:`Bundle.save`.
     """
     log = log or (lambda line: None)
+    warn = warn or log
     from edgecc.passes import SPARSITY_MODES
 
     if sparsity not in SPARSITY_MODES:
         raise UserInputError(f"unknown sparsity mode {sparsity!r}; valid: {', '.join(SPARSITY_MODES)}")
     if quantize not in QUANTIZE_MODES:
-        raise UserInputError(f"unknown quantization {quantize!r}; valid: int4 (int8 is not implemented yet)")
+        raise UserInputError(f"unknown quantization {quantize!r}; valid: int4, int8")
     check_group_size(group_size)
     if int8_activations and quantize != "int4":
         raise UserInputError("--int8-activations needs --quantize int4")
+    if calibration is not None and quantize != "int8":
+        raise UserInputError("--calibration needs --quantize int8")
     preset = get_target(target, mcpu=mcpu, mattr=mattr, vlen=vlen, cuda_arch=cuda_arch)
     preset.require_toolchain()
     if preset.device == "cuda":
@@ -116,6 +130,18 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
             log(f"tuning log {note}")
 
     quantized = []
+    if quantize == "int8":
+        specs = bind_input_shapes(model, input_shapes)
+        if calibration is None:
+            warn("warning: no --calibration data: activation ranges calibrated on seeded random inputs, "
+                 "which may not match real data")
+            samples = random_calibration(specs)
+        elif isinstance(calibration, (str, os.PathLike)):
+            samples = load_calibration(calibration, specs)
+        else:
+            samples = list(calibration)
+        model, quantized = quantize_int8(model, samples)
+        log(f"quantized {len(quantized)} weights to int8 (calibrated on {len(samples)} samples)")
     if quantize == "int4":
         model, quantized = quantize_int4(model, group_size, int8_activations)
         log(f"quantized {len(quantized)} weights to int4 in groups of {group_size}")
@@ -174,7 +200,7 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str | TargetPres
     manifest["sparsity"] = {"mode": sparsity, "layers": next(
         (record.sparse_layers for record in phases if record.sparse_layers is not None), [])}
     manifest["quantization"] = {
-        "mode": quantize or "none", "group_size": group_size if quantize else None,
+        "mode": quantize or "none", "group_size": group_size if quantize == "int4" else None,
         "int8_activations": int8_activations,
         "weights_quantized": len(quantized),
         "int4_layers": next((r.int4_layers for r in phases if r.int4_layers is not None), []),

@@ -44,11 +44,16 @@ def cmd_build(args) -> int:
     bundle = compile(args.model, args.target, input_shapes=dict(args.input_shape or []),
                      mcpu=args.mcpu, mattr=args.mattr, vlen=args.vlen, cuda_arch=args.cuda_arch,
                      tuning_log=args.tuning_log, sparsity=args.sparsity, quantize=args.quantize,
-                     group_size=args.group_size, int8_activations=args.int8_activations, log=log)
+                     group_size=args.group_size, int8_activations=args.int8_activations,
+                     calibration=args.calibration, log=log,
+                     warn=lambda line: print(f"edgecc: {line}", file=sys.stderr))
     outdir = bundle.save(args.output or Path(args.model).stem + f"-{bundle.target['name']}")
     size = sum(f.stat().st_size for f in outdir.rglob("*") if f.is_file())
     print(f"built {outdir} ({bundle.target['name']}, {bundle.target['arch']}, {size / 1e6:.1f} MB)")
     quantization = bundle.manifest.get("quantization") or {}
+    if quantization.get("mode") == "int8":
+        kernels = sum(layer["kernel"] is not None for layer in quantization["int8_layers"])
+        print(f"int8: {quantization['weights_quantized']} weights quantized, {kernels} matmuls run by INT8 kernels")
     if quantization.get("mode") == "int4":
         kernels = sum(layer["kernel"] is not None for layer in quantization["int4_layers"])
         print(f"int4: {quantization['weights_quantized']} weights quantized in groups of "
@@ -199,9 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--sparsity", choices=["auto", "off"], default="auto",
                        help="auto (default): sparse constant matmul/1x1-conv weights become fused sparse "
                        "kernels where the target's measured threshold says they run faster; off: all dense")
-    build.add_argument("--quantize", choices=["int4"],
+    build.add_argument("--quantize", choices=["int4", "int8"],
                        help="int4: 4-bit weight-only quantization of MatMul/Gemm weights, per group of "
-                       "--group-size inputs, run by INT4 kernels (int8 is not implemented yet)")
+                       "--group-size inputs, run by INT4 kernels; int8: static int8 quantization of "
+                       "MatMul/Gemm/Conv (weights per channel, activations calibrated on --calibration)")
+    build.add_argument("--calibration", metavar="DIR",
+                       help="--quantize int8's calibration data: one .npy per sample (one-input models) or one "
+                       "subfolder per sample with <input>.npy files (default: seeded random inputs, with a warning)")
     build.add_argument("--group-size", type=int, default=32, metavar="N",
                        help="inputs per scale and zero point for --quantize int4: 16, 32 (default), 64, 128, 256")
     build.add_argument("--int8-activations", action="store_true",

@@ -1,4 +1,6 @@
-"""``--quantize int4``: group-wise 4-bit weight-only quantization of an fp32 ONNX model.
+"""``--quantize int4`` and ``--quantize int8``: quantizing an fp32 ONNX model.
+
+INT4 (:func:`quantize_int4`): group-wise 4-bit weight-only quantization.
 
 Every ``MatMul`` whose ``B`` is a constant 2-D float32 weight ``[K, N]`` (and every ``Gemm``
 with ``transA=0``, ``alpha=beta=1`` and a constant 2-D ``B``) with ``K`` a multiple of the
@@ -12,6 +14,22 @@ group ``g`` of ``group_size`` consecutive inputs, asymmetric round-to-nearest:
 
 Weights narrower than 16 inputs or not a multiple of the group size stay float32. The error
 this costs is the model's: ``bench/int4.py`` reports it against fp32 for a transformer block.
+
+INT8 (:func:`quantize_int8`): static quantization, written as QDQ (``QuantizeLinear`` /
+``DequantizeLinear`` pairs, the format ONNX Runtime's ``quantize_static`` writes):
+
+- weights of ``MatMul``, ``Gemm`` and ``Conv``: int8, symmetric, one scale per output channel
+  (``scale = max|w| / 127``, zero point 0; one per tensor below opset 13, which has no
+  per-axis ``DequantizeLinear``);
+- the activations they read, and each ``MatMul``'s output: uint8, one scale per tensor from
+  the range seen on calibration data (``scale = (max - min) / 255`` over a range stretched to
+  include 0, ``zero = round(-min / scale)``);
+- a ``Gemm`` (``alpha = beta = 1``, no ``transA``) becomes ``MatMul`` + ``Add`` first.
+
+The calibration runs the fp32 model (compiled by edgecc for this machine) on the samples and
+records those tensors' ranges. ``MatMul`` then runs as INT8 kernels (its QDQ pattern becomes
+``QLinearMatMul``); a ``Conv`` runs in float32 on its dequantized operands until INT8 conv
+kernels exist, which still gives the quantized model's numbers.
 """
 
 from __future__ import annotations
@@ -24,7 +42,8 @@ from onnx import helper, numpy_helper
 
 from edgecc.errors import UserInputError
 
-QUANTIZE_MODES = (None, "int4")
+QUANTIZE_MODES = (None, "int4", "int8")
+CALIBRATION_SAMPLES = 8  # seeded random samples when no calibration data is given
 GROUP_SIZES = (16, 32, 64, 128, 256)
 DEFAULT_GROUP_SIZE = 32
 
@@ -131,4 +150,199 @@ def quantize_int4(model: onnx.ModelProto, group_size: int = DEFAULT_GROUP_SIZE,
         graph.initializer.remove(tensor)
     if done and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model, done
+
+
+# -- INT8 ---------------------------------------------------------------------------------------
+def load_calibration(folder, inputs: list) -> list[dict[str, np.ndarray]]:
+    """Calibration samples from ``folder``: for a one-input model, every ``*.npy`` file is one
+    sample; for several inputs, every subfolder is one sample holding ``<input name>.npy``
+    per input. ``inputs`` are the model's input specs (``name``, ``shape``, ``dtype``)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserInputError(f"--calibration: {folder} is not a folder of .npy files")
+    if len(inputs) == 1:
+        samples = [{inputs[0].name: path} for path in sorted(folder.glob("*.npy"))]
+    else:
+        samples = [{spec.name: sub / f"{spec.name}.npy" for spec in inputs} for sub in sorted(folder.iterdir())
+                   if sub.is_dir()]
+    if not samples:
+        layout = "*.npy files" if len(inputs) == 1 else "subfolders with " + ", ".join(f"{i.name}.npy" for i in inputs)
+        raise UserInputError(f"--calibration: no samples in {folder} (expected {layout})")
+    loaded = []
+    for sample in samples:
+        arrays = {}
+        for spec in inputs:
+            path = sample[spec.name]
+            try:
+                array = np.load(path)
+            except (OSError, ValueError) as err:
+                raise UserInputError(f"--calibration: cannot read {path}: {err}") from None
+            if list(array.shape) != list(spec.shape) or str(array.dtype) != spec.dtype:
+                raise UserInputError(f"--calibration: {path} is {array.dtype}{list(array.shape)}, input "
+                                     f"'{spec.name}' is {spec.dtype}{list(spec.shape)}")
+            arrays[spec.name] = array
+        loaded.append(arrays)
+    return loaded
+
+
+def random_calibration(inputs: list, count: int = CALIBRATION_SAMPLES, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """Seeded standard-normal samples (integer inputs: zeros) for a model with no calibration data."""
+    rng = np.random.default_rng(seed)
+    return [{spec.name: (rng.standard_normal(spec.shape) if spec.dtype.startswith("float") else
+                         np.zeros(spec.shape)).astype(spec.dtype) for spec in inputs} for _ in range(count)]
+
+
+def _gemm_as_matmul(model: onnx.ModelProto) -> None:
+    """``Gemm`` (alpha = beta = 1, no transA, constant 2-D B) as ``MatMul`` + ``Add``, in place."""
+    graph = model.graph
+    consts = {t.name: t for t in graph.initializer}
+    nodes = []
+    for index, node in enumerate(graph.node):
+        weight = _weight_kn(node, consts) if node.op_type == "Gemm" else None
+        if weight is None:
+            nodes.append(node)
+            continue
+        name = node.name or f"gemm{index}"
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight), f"{name}.weight_kn"))
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        product = f"{name}.product" if bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], f"{name}.weight_kn"], [product], name=name))
+        if bias:
+            nodes.append(helper.make_node("Add", [product, bias], [node.output[0]], name=f"{name}.bias"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _int8_targets(model: onnx.ModelProto):
+    """``[(node, weight name, weight array)]`` for MatMul (constant 2-D float32 B) and Conv
+    (constant float32 W)."""
+    consts = {t.name: t for t in model.graph.initializer}
+    found = []
+    for node in model.graph.node:
+        if node.op_type not in ("MatMul", "Conv") or node.domain not in ("", "ai.onnx") or len(node.input) < 2 \
+                or node.input[1] not in consts:
+            continue
+        weight = numpy_helper.to_array(consts[node.input[1]])
+        if weight.dtype != np.float32 or (node.op_type == "MatMul" and weight.ndim != 2) \
+                or (node.op_type == "Conv" and weight.ndim < 3):
+            continue
+        found.append((node, node.input[1], weight))
+    return found
+
+
+def _ranges(model: onnx.ModelProto, names: list[str], samples) -> dict[str, tuple[float, float]]:
+    """Min and max of each named float tensor over the samples, running the model compiled
+    for this machine with those tensors as extra outputs."""
+    import edgecc
+
+    probe = onnx.ModelProto.FromString(model.SerializeToString())
+    known = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in known:
+            probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    bundle = edgecc.compile(probe, "host", sparsity="off")
+    ranges: dict[str, list[float]] = {}
+    for sample in samples:
+        outputs = bundle.run(sample)
+        for name in names:
+            value = outputs[name]
+            low, high = float(value.min(initial=0.0)), float(value.max(initial=0.0))
+            old = ranges.get(name, [low, high])
+            ranges[name] = [min(old[0], low), max(old[1], high)]
+    return {name: (low, high) for name, (low, high) in ranges.items()}
+
+
+def _activation_params(low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 scale and zero point for a range (stretched to include 0)."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    scale = (high - low) / 255.0 or 1.0
+    zero = int(np.clip(np.round(-low / scale), 0, 255))
+    return np.array(scale, np.float32), np.array(zero, np.uint8)
+
+
+def quantize_int8(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]]) -> tuple[onnx.ModelProto, list[Quantized]]:
+    """A copy of ``model`` statically quantized to int8 as QDQ, calibrated on ``samples``."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 10:
+        raise UserInputError(f"--quantize int8 needs ONNX opset 10 or later (QuantizeLinear); this model is opset {opset}")
+    per_channel = opset >= 13  # DequantizeLinear's axis
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    _gemm_as_matmul(model)
+    graph = model.graph
+    targets = _int8_targets(model)
+    activations = []
+    for node, _, _ in targets:
+        for name in ([node.input[0]] + ([node.output[0]] if node.op_type == "MatMul" else [])):
+            if name not in activations:
+                activations.append(name)
+    ranges = _ranges(model, activations, samples) if targets else {}
+    new_inits, renamed, done = [], {}, []
+    qdq_after: dict[str, list] = {}  # tensor -> nodes writing its quantize/dequantize pair
+
+    def qdq(name: str) -> str:
+        """``name`` through a calibrated uint8 QuantizeLinear/DequantizeLinear pair."""
+        if name in renamed:
+            return renamed[name]
+        scale, zero = _activation_params(*ranges[name])
+        base = f"{name}.int8"
+        new_inits.extend([numpy_helper.from_array(scale, f"{base}.scale"), numpy_helper.from_array(zero, f"{base}.zero")])
+        qdq_after[name] = [helper.make_node("QuantizeLinear", [name, f"{base}.scale", f"{base}.zero"], [f"{base}.q"],
+                                            name=f"{base}.quantize"),
+                           helper.make_node("DequantizeLinear", [f"{base}.q", f"{base}.scale", f"{base}.zero"],
+                                            [f"{base}.dq"], name=f"{base}.dequantize")]
+        renamed[name] = f"{base}.dq"
+        return renamed[name]
+
+    nodes = []
+    for node in graph.node:
+        target = next(((w, a) for n, w, a in targets if n is node), None)
+        if target is None:
+            nodes.append(node)
+            continue
+        weight_name, weight = target
+        axis = 1 if node.op_type == "MatMul" else 0  # output channels: MatMul's N, Conv's O
+        reduce_axes = tuple(i for i in range(weight.ndim) if i != axis or not per_channel)
+        scale = (np.abs(weight).max(axis=reduce_axes) / 127.0).astype(np.float32)
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        shape = [1] * weight.ndim
+        if per_channel:
+            shape[axis] = -1
+        codes = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+        base = f"{weight_name}.int8"
+        new_inits.extend([numpy_helper.from_array(codes, f"{base}.q"), numpy_helper.from_array(scale, f"{base}.scale"),
+                          numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}.zero")])
+        nodes.append(helper.make_node("DequantizeLinear", [f"{base}.q", f"{base}.scale", f"{base}.zero"], [f"{base}.dq"],
+                                      name=f"{base}.dequantize", **({"axis": axis} if per_channel else {})))
+        inputs = [qdq(node.input[0]), f"{base}.dq"] + list(node.input[2:])
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        del copy.input[:]
+        copy.input.extend(inputs)
+        if node.op_type == "MatMul":  # its output quantized too: QDQ MatMul -> QLinearMatMul
+            output = node.output[0]
+            copy.output[0] = f"{output}.float"
+            scale_y, zero_y = _activation_params(*ranges[output])
+            new_inits.extend([numpy_helper.from_array(scale_y, f"{output}.int8.scale"),
+                              numpy_helper.from_array(zero_y, f"{output}.int8.zero")])
+            nodes.extend(qdq_after.pop(node.input[0], []))
+            nodes.append(copy)
+            nodes.append(helper.make_node("QuantizeLinear", [f"{output}.float", f"{output}.int8.scale",
+                                                             f"{output}.int8.zero"], [f"{output}.int8.q"]))
+            nodes.append(helper.make_node("DequantizeLinear", [f"{output}.int8.q", f"{output}.int8.scale",
+                                                               f"{output}.int8.zero"], [output]))
+            renamed[output] = output  # already quantized: a reader quantizing it again reuses the pair
+        else:
+            nodes.extend(qdq_after.pop(node.input[0], []))
+            nodes.append(copy)
+        done.append(Quantized(node.name or node.op_type, list(weight.shape), 0))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(new_inits)
+    used = {name for node in graph.node for name in node.input}
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
+    del graph.value_info[:]
     return model, done

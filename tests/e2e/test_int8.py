@@ -134,3 +134,87 @@ def test_without_dot_products_the_int32_matmul_still_matches(tmp_path):
     bundle = edgecc.compile(model, "arm")
     assert _kernels(bundle) == []
     np.testing.assert_allclose(_output(bundle, inputs), _reference(model, inputs), rtol=1e-5, atol=1e-5)
+
+
+# -- --quantize int8 -------------------------------------------------------------------------
+def _max_step(model) -> float:
+    """The largest activation scale in a quantized model: one step of its coarsest tensor."""
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    return max(float(consts[n.input[1]].max()) for n in model.graph.node
+               if n.op_type == "QuantizeLinear" and n.input[1] in consts)
+
+
+def _cosine(a, b):
+    a, b = a.reshape(-1).astype(np.float64), b.reshape(-1).astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@needs_vnni
+def test_quantize_int8_runs_int8_kernels_and_stays_close_to_fp32():
+    from edgecc.frontend.loader import graph_inputs
+    from edgecc.quantize import quantize_int8, random_calibration
+
+    model = _ffn()
+    samples = random_calibration(graph_inputs(model), 4, seed=5)
+    bundle = edgecc.compile(model, "host", quantize="int8", calibration=samples)
+    quantization = bundle.manifest["quantization"]
+    assert quantization["mode"] == "int8" and quantization["weights_quantized"] == 2
+    assert all(k and k.startswith("int8_matmul_vnni") for k in _kernels(bundle))
+    inputs = sample_inputs(model)
+    got = _output(bundle, inputs)
+    quantized, _ = quantize_int8(model, samples)  # the same QDQ model, for ONNX Runtime
+    assert np.abs(got - _reference(quantized, inputs)).max() <= _max_step(quantized)
+    fp32 = _reference(model, inputs)
+    assert _cosine(got, fp32) > 0.999 and not np.allclose(got, fp32, atol=1e-4)
+
+
+def test_quantize_int8_convs_match_onnxruntime_on_the_same_model():
+    """Convs (and the classifier) quantized as QDQ: run on their dequantized operands, the
+    quantized model's numbers."""
+    from edgecc.frontend.loader import graph_inputs
+    from edgecc.quantize import quantize_int8, random_calibration
+    from edgecc.zoo import mobilenet_model
+
+    model = mobilenet_model(resolution=32, blocks=((64, 1), (128, 2)), classes=10)
+    samples = random_calibration(graph_inputs(model), 2, seed=6)
+    bundle = edgecc.compile(model, "host", quantize="int8", calibration=samples)
+    assert bundle.manifest["quantization"]["weights_quantized"] == 6  # stem, 2 x (dw + pw), classifier
+    inputs = sample_inputs(model)
+    quantized, _ = quantize_int8(model, samples)
+    np.testing.assert_allclose(_output(bundle, inputs), _reference(quantized, inputs), rtol=1e-4, atol=1e-4)
+    assert _cosine(_output(bundle, inputs), _reference(model, inputs)) > 0.999
+
+
+def test_calibration_folder_from_the_command_line(tmp_path):
+    from tests.conftest import run_cli
+
+    model = _ffn()
+    onnx.save(model, tmp_path / "ffn.onnx")
+    (tmp_path / "calib").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        np.save(tmp_path / "calib" / f"{i}.npy", rng.standard_normal((1, 8, 64)).astype(np.float32))
+    result = run_cli("build", tmp_path / "ffn.onnx", "--quantize", "int8", "--calibration", tmp_path / "calib",
+                     "-o", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert "int8: 2 weights quantized" in result.stdout and "warning" not in result.stderr
+    result = run_cli("build", tmp_path / "ffn.onnx", "--quantize", "int8", "-o", tmp_path / "out2")
+    assert result.returncode == 0 and "no --calibration data" in result.stderr
+
+
+@pytest.mark.parametrize("setup, args, message", [
+    ("empty", ["--quantize", "int8", "--calibration", "{calib}"], "no samples in"),
+    ("wrong", ["--quantize", "int8", "--calibration", "{calib}"], "input 'x' is float32[1, 8, 64]"),
+    ("none", ["--calibration", "{calib}"], "--calibration needs --quantize int8"),
+])
+def test_bad_calibration_is_one_line(tmp_path, setup, args, message):
+    from tests.conftest import run_cli
+
+    onnx.save(_ffn(), tmp_path / "ffn.onnx")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    if setup == "wrong":
+        np.save(calib / "0.npy", np.zeros((1, 8, 32), np.float32))
+    result = run_cli("build", tmp_path / "ffn.onnx", *[a.format(calib=calib) for a in args], "-o", tmp_path / "out")
+    assert result.returncode != 0 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
