@@ -19,8 +19,8 @@ INT8 (:func:`quantize_int8`): static quantization, written as QDQ (``QuantizeLin
 ``DequantizeLinear`` pairs, the format ONNX Runtime's ``quantize_static`` writes):
 
 - weights of ``MatMul``, ``Gemm`` and ``Conv``: int8, symmetric, one scale per output channel
-  (``scale = max|w| / 127``, zero point 0; one per tensor below opset 13, which has no
-  per-axis ``DequantizeLinear``);
+  (``scale = max|w| / 127``, zero point 0; one per tensor for opsets 10 to 12, which have no
+  per-axis ``DequantizeLinear``; a model older than opset 10 is converted to opset 13 first);
 - the activations they read, and each ``MatMul``'s output: uint8, one scale per tensor from
   the range seen on calibration data (``scale = (max - min) / 255`` over a range stretched to
   include 0, ``zero = round(-min / scale)``);
@@ -38,6 +38,7 @@ import dataclasses
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnx import helper, numpy_helper
 
 from edgecc.errors import UserInputError
@@ -241,12 +242,12 @@ def _ranges(model: onnx.ModelProto, names: list[str], samples) -> dict[str, tupl
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     known = {o.name for o in probe.graph.output}
     for name in names:
-        if name not in known:
+        if name not in known and name not in samples[0]:  # model inputs are read from the samples
             probe.graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     bundle = edgecc.compile(probe, "host", sparsity="off")
     ranges: dict[str, list[float]] = {}
     for sample in samples:
-        outputs = bundle.run(sample)
+        outputs = {**bundle.run(sample), **sample}
         for name in names:
             value = outputs[name]
             low, high = float(value.min(initial=0.0)), float(value.max(initial=0.0))
@@ -266,8 +267,13 @@ def _activation_params(low: float, high: float) -> tuple[np.ndarray, np.ndarray]
 def quantize_int8(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]]) -> tuple[onnx.ModelProto, list[Quantized]]:
     """A copy of ``model`` statically quantized to int8 as QDQ, calibrated on ``samples``."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < 10:
-        raise UserInputError(f"--quantize int8 needs ONNX opset 10 or later (QuantizeLinear); this model is opset {opset}")
+    if opset < 10:  # no QuantizeLinear: move the model to opset 13 (per-axis DequantizeLinear)
+        try:
+            model = onnx.version_converter.convert_version(model, 13)
+        except Exception as err:  # noqa: BLE001 -- ONNX raises several types
+            raise UserInputError(f"--quantize int8 needs ONNX opset 10 or later, and converting this opset-{opset} "
+                                 f"model to opset 13 failed: {str(err).strip().splitlines()[-1]}") from None
+        opset = 13
     per_channel = opset >= 13  # DequantizeLinear's axis
     model = onnx.ModelProto.FromString(model.SerializeToString())
     _gemm_as_matmul(model)
