@@ -50,7 +50,7 @@ def main() -> None:
             cosines.append(cosine(got, want))
             worst_abs = max(worst_abs, float(np.abs(got - want).max()))
             scale = max(scale, float(np.abs(want).max()))
-        print(f"{name:<12}{how['quantize']:>9}{np.mean(cosines):>10.5f}{min(cosines):>10.5f}{worst_abs:>9.4f}"
+        print(f"{name:<12}{how['quantize']:>9}{np.mean(cosines):>10.5f}{min(cosines):>10.5f}{worst_abs:>10.4g}"
               f"{scale:>11.4g}{sum(bool(x['kernel']) for x in layers):>5}/{len(layers):<3}", flush=True)
 
 
