@@ -24,7 +24,9 @@ ORT / sparse (above 1: the sparse build is faster), then ``model.so``'s size spa
 kernel, and prints its block shape, block fill and work per weight (``blocks x (R + 2) /
 weights``) and where it stops beating the dense kernel: the numbers behind
 ``edgecc.passes.sparsify.THRESHOLDS``. A layer alone pays its transposes in and out, which a
-chain of sparse layers does not, so the crossover is conservative.
+chain of sparse layers does not, so the crossover is conservative. Last, the same matmul
+quantized by ONNX Runtime's ``quantize_dynamic`` (int8 weights): the int32 sparse kernel
+against edgecc's dense VNNI kernel.
 """
 
 from __future__ import annotations
@@ -117,9 +119,40 @@ def crossover(args) -> None:
                 faster = [work for work, speedup in wins if work < first_loss]
                 print(f"  {kind} pruned {block[0]}x{block[1]}: sparse faster at every work per weight up to "
                       f"{max(faster) if faster else 0:.2f}", flush=True)
+        crossover_int8(args, rng)
     finally:
         sparsify.THRESHOLDS.clear()
         sparsify.THRESHOLDS.update(saved)
+
+
+def crossover_int8(args, rng) -> None:
+    """The 768 -> 3072 matmul pruned in 1x1 blocks and quantized by ONNX Runtime's
+    quantize_dynamic: edgecc's int32 sparse kernel against its dense VNNI kernel."""
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    wins = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for density in (0.02, 0.03, 0.05, 0.08, 0.1, 0.2):
+            model = _one_layer("matmul", rng.standard_normal((768, 3072)).astype(np.float32))
+            onnx.save(prune_model(model, 1.0 - density, (1, 1), min_size=1)[0], Path(tmp) / "fp32.onnx")
+            quantize_dynamic(Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx", weight_type=QuantType.QInt8)
+            model = onnx.load(Path(tmp) / "int8.onnx")
+            sparse = edgecc.compile(model, "host")
+            dense = edgecc.compile(model, "host", sparsity="off")
+            (layer,) = sparse.manifest["sparsity"]["layers"]
+            ms = race(model, {"sparse": sparse, "dense": dense}, args.threads, args.rounds, args.repeat, with_ort=False)
+            speedup = ms["dense"] / ms["sparse"]
+            wins.append((layer["work"], speedup))
+            print(f"{'int8':<10}{layer['block']:>6}{layer['fill']:>7.2f}{layer['work']:>7.2f}{ms['sparse']:>11.3f}"
+                  f"{ms['dense']:>10.3f}{speedup:>13.2f}x", flush=True)
+    first_loss = min([work for work, speedup in wins if speedup <= 1.0], default=float("inf"))
+    faster = [work for work, speedup in wins if work < first_loss]
+    print(f"  int8 matmul pruned 1x1: sparse faster at every work per weight up to "
+          f"{max(faster) if faster else 0:.2f}", flush=True)
 
 
 def main() -> None:

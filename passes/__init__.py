@@ -35,7 +35,7 @@ def graph_passes(preset, sparsity: str = "auto") -> list:
               relax.transform.FoldConstant(), FoldAffineIntoConv(),
               relax.transform.DeadCodeElimination(), AccumulateFloat32()]
     if preset.device == "cpu":
-        passes += [Int8Matmul(preset), relax.transform.DeadCodeElimination(),
-                   ChannelsLast(), relax.transform.DeadCodeElimination(),
-                   Sparsify(preset, sparsity), relax.transform.DeadCodeElimination()]
+        passes += [ChannelsLast(), relax.transform.DeadCodeElimination(),
+                   Sparsify(preset, sparsity), relax.transform.DeadCodeElimination(),
+                   Int8Matmul(preset), relax.transform.DeadCodeElimination()]
     return passes + [relax.transform.FoldConstant()]

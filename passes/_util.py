@@ -74,3 +74,40 @@ def rebind(mutator, binding, value) -> None:
     else:
         new = mutator.builder_.emit_output(value)
     mutator.set_var_remap(binding.var, new)
+
+
+def bound_value(expr, lookup):
+    """The value bound to a Var (following Var-to-Var bindings) via ``lookup`` (a mutator's
+    ``lookup_binding``); other expressions as they are."""
+    while isinstance(expr, relax.Var):
+        value = lookup(expr)
+        if value is None:
+            return expr
+        expr = value
+    return expr
+
+
+def evaluate_constant(expr, lookup, depth: int = 0) -> np.ndarray | None:
+    """The NumPy value of an expression built from constants by casts, elementwise add and
+    subtract, transposes and reshapes (a quantized weight minus its zero point, before
+    constant folding), else None."""
+    value = bound_value(expr, lookup)
+    array = const_array(value)
+    if array is not None or depth > 8 or not isinstance(value, relax.Call):
+        return array
+    name = op_name(value)
+    args = [evaluate_constant(a, lookup, depth + 1) if isinstance(a.ty, relax.TensorType) else None
+            for a in value.args[:2]]
+    if args[0] is None:
+        return None
+    if name == "relax.astype":
+        return args[0].astype(str(value.attrs.dtype))
+    if name in ("relax.subtract", "relax.add") and len(value.args) == 2 and args[1] is not None:
+        result = (np.subtract if name == "relax.subtract" else np.add)(args[0], args[1])
+        return result.astype(str(value.ty.dtype))
+    if name == "relax.permute_dims" and (value.attrs.axes is None or args[0].ndim == 2):
+        return args[0].T
+    if name in ("relax.reshape", "relax.expand_dims"):
+        shape = static_shape(value)
+        return None if shape is None else args[0].reshape(shape)
+    return None

@@ -25,7 +25,8 @@ NHWC = (0, 2, 3, 1)
 UNARY = {"relax.nn.relu", "relax.sigmoid", "relax.tanh", "relax.clip", "relax.exp", "relax.sqrt",
          "relax.rsqrt", "relax.negative", "relax.abs", "relax.nn.gelu", "relax.nn.gelu_tanh",
          "relax.nn.silu", "relax.erf", "relax.log", "relax.square", "relax.nn.leakyrelu",
-         "relax.nn.relu6", "relax.hardswish", "relax.nn.prelu_scalar"}
+         "relax.nn.relu6", "relax.hardswish", "relax.nn.prelu_scalar", "relax.astype", "relax.round",
+         "relax.floor", "relax.ceil"}
 BINARY = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.power",
           "relax.maximum", "relax.minimum"}
 REDUCE = {"relax.mean", "relax.sum", "relax.max", "relax.min"}

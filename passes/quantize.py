@@ -29,7 +29,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ._util import const_array, op_name, rebind, static_shape
+from ._util import const_array, evaluate_constant, op_name, rebind, static_shape
 
 REPORT_ATTR = "edgecc.int4"
 INT8_REPORT_ATTR = "edgecc.int8"
@@ -154,29 +154,8 @@ class _Int8(PyExprMutator):
             expr = value
         return expr
 
-    def _evaluate(self, expr, depth: int = 0):
-        """The NumPy value of an expression built from constants by casts, elementwise
-        arithmetic and reshapes (a zero-point-centred weight), else None."""
-        value = self._bound(expr)
-        array = const_array(value)
-        if array is not None or depth > 8 or not isinstance(value, relax.Call):
-            return array
-        name = op_name(value)
-        args = [self._evaluate(a, depth + 1) if isinstance(a.ty, relax.TensorType) else None for a in value.args[:2]]
-        if args[0] is None:
-            return None
-        if name == "relax.astype":
-            return args[0].astype(str(value.attrs.dtype))
-        if name in ("relax.subtract", "relax.add") and len(value.args) == 2 and args[1] is not None:
-            dtype = str(value.ty.dtype)
-            result = (np.subtract if name == "relax.subtract" else np.add)(args[0], args[1])
-            return result.astype(dtype)
-        if name == "relax.permute_dims" and (value.attrs.axes is None or args[0].ndim == 2):
-            return args[0].T
-        if name in ("relax.reshape", "relax.expand_dims"):
-            shape = static_shape(value)
-            return None if shape is None else args[0].reshape(shape)
-        return None
+    def _evaluate(self, expr):
+        return evaluate_constant(expr, self.lookup_binding)
 
     def _activations(self, expr):
         """``(a, za)`` for ``int32(a) - za`` or ``int32(a)`` with ``a`` int8/uint8 and ``za`` a

@@ -14,7 +14,7 @@ one column, ``NB = N / R`` block rows:
 
 - ``indptr``  int32 ``[NB + 1]``: block row ``b`` owns blocks ``indptr[b] .. indptr[b+1]-1``
 - ``indices`` int32 ``[nnzb]``: the column ``k`` of each block
-- ``data``    float32 ``[nnzb, R]``: ``W[b*R + i, k]`` for ``i < R``
+- ``data``    ``[nnzb, R]`` (float32, or int32 for quantized weights): ``W[b*R + i, k]`` for ``i < R``
 
 Schedule: parallel over block rows; per tile of ``V`` vectors of pixels, ``R x V``
 accumulators stay in registers across the block row's non-zero blocks (:func:`tile_vectors`:
@@ -56,10 +56,10 @@ def to_bsr(weight_nk: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray, np
     block_row, column = np.nonzero(mask)  # row-major: sorted by block row, then column
     indptr = np.zeros(blocks.shape[0] + 1, dtype=np.int32)
     np.cumsum(mask.sum(axis=1), out=indptr[1:])
-    data = np.ascontiguousarray(blocks[block_row, column], dtype=np.float32)
+    data = np.ascontiguousarray(blocks[block_row, column], dtype=weight_nk.dtype)
     indices = column.astype(np.int32)
     if data.shape[0] == 0:  # an all-zero weight: one explicit zero block keeps buffers non-empty
-        data, indices = np.zeros((1, rows), np.float32), np.zeros(1, np.int32)
+        data, indices = np.zeros((1, rows), weight_nk.dtype), np.zeros(1, np.int32)
     return data, indices, indptr
 
 
@@ -91,9 +91,10 @@ def padded_channels(n: int, rows: int) -> int:
     return -(-n // rows) * rows
 
 
-def kernel(k: int, mp: int, n: int, rows: int, nnzb: int, lanes: int) -> tvm.tirx.PrimFunc:
+def kernel(k: int, mp: int, n: int, rows: int, nnzb: int, lanes: int, dtype: str = "float32") -> tvm.tirx.PrimFunc:
     """``yt[Np, Mp] = W @ xt[K, Mp]`` for a BSR weight of ``nnzb`` blocks of ``rows`` x 1
-    (``Np`` = :func:`padded_channels`; rows past ``N`` come out zero)."""
+    (``Np`` = :func:`padded_channels`; rows past ``N`` come out zero). ``dtype``: float32, or
+    int32 for a quantized matmul's zero-point-centred integers (exact integer sums)."""
     assert mp % lanes == 0, (mp, lanes)
     vectors, _ = tile_vectors(mp // lanes, rows)
     full, rest = divmod(mp // lanes, vectors)
@@ -109,7 +110,7 @@ def kernel(k: int, mp: int, n: int, rows: int, nnzb: int, lanes: int) -> tvm.tir
         for ri in T.unroll(r_):
             for v in T.unroll(width):
                 for lane in T.vectorized(lanes_):
-                    acc[ri, v * lanes_ + lane] = T.float32(0)
+                    acc[ri, v * lanes_ + lane] = T.Cast(dtype, 0)
         for e in range(indptr[vnb], indptr[vnb + 1]):
             for ri in T.unroll(r_):
                 for v in T.unroll(width):
@@ -122,16 +123,16 @@ def kernel(k: int, mp: int, n: int, rows: int, nnzb: int, lanes: int) -> tvm.tir
                     yt[vnb * r_ + ri, start + v * lanes_ + lane] = acc[ri, v * lanes_ + lane]
 
     @T.prim_func(private=True, s_tir=True)
-    def sparse_bsr(xt: T.Buffer((k_, mp_), "float32"), data: T.Buffer((nnzb_, r_), "float32"),
+    def sparse_bsr(xt: T.Buffer((k_, mp_), dtype), data: T.Buffer((nnzb_, r_), dtype),
                    indices: T.Buffer((nnzb_,), "int32"), indptr: T.Buffer((nb_ + 1,), "int32"),
-                   yt: T.Buffer((n_, mp_), "float32")):
+                   yt: T.Buffer((n_, mp_), dtype)):
         for nb in range(nb_):
             with T.sblock("sparse_bsr"):
                 vnb = T.axis.spatial(nb_, nb)
                 T.reads(xt[0:k_, 0:mp_], data[0:nnzb_, 0:r_], indices[0:nnzb_], indptr[vnb:vnb + 2])
                 T.writes(yt[vnb * r_:vnb * r_ + r_, 0:mp_])
                 T.sblock_attr({SPARSE_ATTR: 1})
-                acc = T.sblock_alloc_buffer((r_, i64(vectors) * lanes_), "float32")
+                acc = T.sblock_alloc_buffer((r_, i64(vectors) * lanes_), dtype)
                 for mo in range(i64(full)):
                     tile(mo * i64(vectors * lanes), i64(vectors))
                 if rest > 0:

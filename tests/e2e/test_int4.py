@@ -174,7 +174,7 @@ def test_build_quantize_int4_from_the_command_line(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--quantize", "int4", "--group-size", "24"], "--group-size must be one of 16, 32, 64, 128, 256, got 24"),
-    (["--quantize", "int8"], "invalid choice: 'int8'"),
+    (["--quantize", "int2"], "invalid choice: 'int2'"),
     (["--int8-activations"], "--int8-activations needs --quantize int4"),
 ])
 def test_bad_quantize_arguments_are_one_line(tmp_path, args, message):

@@ -138,6 +138,28 @@ def test_mobilenet_under_qemu_matches_onnxruntime(target):
     np.testing.assert_allclose(_output(bundle, inputs), _reference(model, inputs), rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("target", ["host", "arm"])
+def test_pruned_int8_matmuls_run_sparse_with_the_requantization_fused(target, tmp_path):
+    """A pruned FFN quantized by ONNX Runtime's quantize_static (QDQ): the int8 matmuls run as
+    int32 sparse kernels, the requantization, bias and GELU fused after them; integer sums
+    make them equal to the dense int8 build exactly."""
+    from onnxruntime.quantization import QuantFormat, QuantType
+
+    from tests.e2e.test_int8 import _output_step, _reference as _exact, _static
+
+    model = _static(prune_model(ffn_model(d_model=64, hidden=256, seq=32), 0.97)[0], tmp_path, QuantFormat.QDQ,
+                    QuantType.QUInt8, True)
+    inputs = sample_inputs(model)
+    bundle = edgecc.compile(model, target)
+    layers = bundle.manifest["sparsity"]["layers"]
+    assert [(layer["op"], layer["converted"]) for layer in layers] == [("matmul_int8", True)] * 2, layers
+    fused = [name for name in _sparse_rules(bundle) if "round" in name and "clip" in name]
+    assert len(fused) == 2, _sparse_rules(bundle)
+    got = _output(bundle, inputs)
+    np.testing.assert_array_equal(got, _output(edgecc.compile(model, target, sparsity="off"), inputs))
+    assert np.abs(got - _exact(model, inputs)).max() <= _output_step(model) * 1.001
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 def test_prune_then_build_from_the_command_line(tmp_path):

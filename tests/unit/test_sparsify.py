@@ -83,6 +83,24 @@ def test_kernel_empty_rows_and_fully_dense_blocks():
     assert np.all(got[4:12] == 0)
 
 
+def test_int32_kernel_is_exact():
+    """A quantized matmul's zero-point-centred integers: exact int32 sums."""
+    rng = np.random.default_rng(7)
+    n, k, m = 24, 70, 40
+    weight = (rng.integers(-127, 128, (n, k)) * (rng.random((n, k)) < 0.1)).astype(np.int32)
+    mp = sparse.padded_rows(m, LANES)
+    data, indices, indptr = sparse.to_bsr(weight, 1)
+    assert data.dtype == np.int32
+    sch = Schedule(sparse.kernel(k, mp, n, 1, data.shape[0], LANES, "int32"))
+    block, _ = sparse.kernel_of(sch)
+    sparse.schedule(sch, block, LANES)
+    lib = tvm.compile(tvm.IRModule({"f": sch.mod["main"].with_attr("global_symbol", "f")}), target=HOST.tvm_target())
+    xt = rng.integers(-255, 256, (k, mp)).astype(np.int32)
+    out = tvm.runtime.tensor(np.zeros((n, mp), np.int32))
+    lib["f"](*[tvm.runtime.tensor(a) for a in (xt, data, indices, indptr)], out)
+    np.testing.assert_array_equal(out.numpy(), weight.astype(np.int64) @ xt)
+
+
 def test_all_zero_weight_gives_zeros():
     rng = np.random.default_rng(4)
     got, want = _run_kernel(np.zeros((8, 24), np.float32), 1, 16, rng)
