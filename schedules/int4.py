@@ -47,6 +47,23 @@ MAX_STACK_BYTES = 1024  # TVM's kMaxStackAlloca: larger local buffers go to the 
 MAX_HALF_VECTORS = 4  # C: 8 accumulators and 4 byte loads an input
 
 
+def row_indexing(lead_):
+    """``(at, columns)`` for a tensor ``[*lead, X]`` seen as ``M = prod(lead)`` rows in order:
+    ``at(i, x)`` indexes row ``i``'s element ``x``; ``columns(first, count)`` is the region of
+    every row's elements ``first .. first + count`` (for ``T.reads``/``T.writes``)."""
+    def at(i, last):
+        index = []
+        for dim in reversed(lead_):
+            index.append(i % dim)
+            i = i // dim
+        return tuple(index[::-1]) + (last,)
+
+    def columns(first, count):
+        return tuple(slice(0, d) for d in lead_) + (slice(first, first + count),)
+
+    return at, columns
+
+
 def half_vectors(n: int, lanes: int) -> int | None:
     """``C`` for ``N`` output columns: the most vectors a half-tile (up to 4) with ``N`` a
     multiple of the tile ``2 * C * lanes``; None when not even one vector pair divides ``N``."""
@@ -111,16 +128,7 @@ def kernel(lead: tuple[int, ...], k: int, n: int, group: int, lanes: int, c: int
     m_, k_, n_, b_, g_ = i64(m), i64(k), i64(n), i64(group), i64(k // group)
     nt_, half_, tile_, lanes_, c_, p_ = i64(n // tile), i64(half), i64(tile), i64(lanes), i64(c), i64(rows)
 
-    def at(i, last):
-        """Row ``i`` of ``M``, column ``last``, as an index into ``[*lead, last's axis]``."""
-        index = []
-        for dim in reversed(lead_):
-            index.append(i % dim)
-            i = i // dim
-        return tuple(index[::-1]) + (last,)
-
-    def columns(first, count):
-        return tuple(slice(0, d) for d in lead_) + (slice(first, first + count),)
+    at, columns = row_indexing(lead_)
 
     @T.macro(hygienic=False)
     def rows_pass(first, count):
@@ -213,15 +221,7 @@ def kernel_vnni(lead: tuple[int, ...], k: int, n: int, group: int, c: int, rows:
     m_, k_, n_, b_, g_, q_ = i64(m), i64(k), i64(n), i64(group), i64(k // group), i64(group // 4)
     nt_, half_, tile_, c_, p_ = i64(n // tile), i64(tile // 2), i64(tile), i64(c), i64(rows)
 
-    def at(i, last):
-        index = []
-        for dim in reversed(lead_):
-            index.append(i % dim)
-            i = i // dim
-        return tuple(index[::-1]) + (last,)
-
-    def columns(first, count):
-        return tuple(slice(0, d) for d in lead_) + (slice(first, first + count),)
+    at, columns = row_indexing(lead_)
 
     @T.macro(hygienic=False)
     def rows_pass(first, count):

@@ -33,6 +33,7 @@ from tvm.s_tir import Schedule
 from tvm.script import tirx as T
 
 from .cpu import _vectorize_inner, inline_spatial_blocks
+from .int4 import row_indexing
 
 INT8_ATTR = "edgecc.int8_matmul"
 PROLOGUE_ATTR = "edgecc.int8_prologue"
@@ -108,15 +109,7 @@ def kernel(lead: tuple[int, ...], k: int, n: int, a_dtype: str, isa: Isa, c: int
     m_, k_, kq_, n_ = i64(m), i64(k), i64(kp // 4), i64(n)
     nt_, tile_, c_, p_, l_ = i64(n // tile), i64(tile), i64(c), i64(rows), i64(lanes)
 
-    def at(i, last):
-        index = []
-        for dim in reversed(lead_):
-            index.append(i % dim)
-            i = i // dim
-        return tuple(index[::-1]) + (last,)
-
-    def columns(first, count):
-        return tuple(slice(0, d) for d in lead_) + (slice(first, first + count),)
+    at, columns = row_indexing(lead_)
 
     @T.macro(hygienic=False)
     def rows_pass(first, count):
