@@ -10,7 +10,8 @@ the 4-layer encoder of ``bench/tuned.py`` (d_model 256, 128 tokens), each quanti
 per channel). Columns: medians (ms) of edgecc int8, ONNX Runtime int8, edgecc fp32 and ONNX
 Runtime fp32; edgecc int8 / ORT int8 (below 1: edgecc faster); edgecc fp32 / edgecc int8;
 the matmuls edgecc ran as integer kernels; the output's max abs difference from ONNX Runtime
-on the same int8 model (graph optimisations off: the model as written).
+on the same int8 model (graph optimisations off: the model as written); ``model.so``'s size,
+int8 / fp32.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     t = args.threads
     print(f"{'model':<18}{'int8 ms':>9}{'ORT int8':>9}{'fp32 ms':>9}{'ORT fp32':>9}{'int8/ORT':>9}"
-          f"{'fp32/int8':>10}{'kernels':>9}{'max diff':>10}", flush=True)
+          f"{'fp32/int8':>10}{'kernels':>9}{'max diff':>10}{'size':>7}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for name, model in (("ffn", ffn_model()), ("encoder", encoder_model())):
             fp32 = edgecc.compile(model, "host")
@@ -83,7 +84,9 @@ def main() -> None:
                 diff = float(np.abs(next(iter(int8.run(inputs).values())) - exact(q, inputs)).max())
                 print(f"{name + ' ' + how:<18}{ms['int8']:>9.3f}{ms['ort_int8']:>9.3f}{ms['fp32']:>9.3f}"
                       f"{ms['ort_fp32']:>9.3f}{ms['int8'] / ms['ort_int8']:>8.2f}x{ms['fp32'] / ms['int8']:>9.2f}x"
-                      f"{sum(bool(x['kernel']) for x in layers):>5}/{len(layers):<3}{diff:>10.2e}", flush=True)
+                      f"{sum(bool(x['kernel']) for x in layers):>5}/{len(layers):<3}{diff:>10.2e}"
+                      f"{(int8.path / 'model.so').stat().st_size / (fp32.path / 'model.so').stat().st_size:>6.2f}x",
+                      flush=True)
 
 
 if __name__ == "__main__":
