@@ -90,6 +90,13 @@ def _one_layer(kind: str, weight: np.ndarray):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
+def _crossover(wins: list[tuple[float, float]]) -> str:
+    """Where sparse stops winning, from ``(work per weight, dense / sparse)`` points."""
+    first_loss = min([work for work, speedup in wins if speedup <= 1.0], default=float("inf"))
+    faster = [work for work, speedup in wins if work < first_loss]
+    return f"sparse faster at every work per weight up to {max(faster) if faster else 0:.2f}"
+
+
 def crossover(args) -> None:
     """Sparse / dense time per block fill, the sparse kernel forced on."""
     saved = {arch: dict(limits) for arch, limits in sparsify.THRESHOLDS.items()}
@@ -115,10 +122,7 @@ def crossover(args) -> None:
                     wins.append((layer["work"], speedup))
                     print(f"{kind:<10}{layer['block']:>6}{layer['fill']:>7.2f}{layer['work']:>7.2f}{ms['sparse']:>11.3f}"
                           f"{ms['dense']:>10.3f}{speedup:>13.2f}x", flush=True)
-                first_loss = min([work for work, speedup in wins if speedup <= 1.0], default=float("inf"))
-                faster = [work for work, speedup in wins if work < first_loss]
-                print(f"  {kind} pruned {block[0]}x{block[1]}: sparse faster at every work per weight up to "
-                      f"{max(faster) if faster else 0:.2f}", flush=True)
+                print(f"  {kind} pruned {block[0]}x{block[1]}: {_crossover(wins)}", flush=True)
         crossover_int8(args, rng)
     finally:
         sparsify.THRESHOLDS.clear()
@@ -149,10 +153,7 @@ def crossover_int8(args, rng) -> None:
             wins.append((layer["work"], speedup))
             print(f"{'int8':<10}{layer['block']:>6}{layer['fill']:>7.2f}{layer['work']:>7.2f}{ms['sparse']:>11.3f}"
                   f"{ms['dense']:>10.3f}{speedup:>13.2f}x", flush=True)
-    first_loss = min([work for work, speedup in wins if speedup <= 1.0], default=float("inf"))
-    faster = [work for work, speedup in wins if work < first_loss]
-    print(f"  int8 matmul pruned 1x1: sparse faster at every work per weight up to "
-          f"{max(faster) if faster else 0:.2f}", flush=True)
+    print(f"  int8 matmul pruned 1x1: {_crossover(wins)}", flush=True)
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ._util import const_array, evaluate_constant, op_name, rebind, static_shape
+from ._util import bound_value, const_array, evaluate_constant, op_name, rebind, static_shape
 
 REPORT_ATTR = "edgecc.int4"
 INT8_REPORT_ATTR = "edgecc.int8"
@@ -45,13 +45,7 @@ class _Int4(PyExprMutator):
         self.report = report
 
     def _bound(self, expr):
-        """The value bound to a dataflow Var (following Var-to-Var bindings)."""
-        while isinstance(expr, relax.Var):
-            value = self.lookup_binding(expr)
-            if value is None:
-                return expr
-            expr = value
-        return expr
+        return bound_value(expr, self.lookup_binding)
 
     def _dequantize(self, expr):
         """``(codes, scales, zeros, group)`` when ``expr`` is a ``[K, N]`` view of an imported
@@ -147,12 +141,7 @@ class _Int8(PyExprMutator):
         self.report = report
 
     def _bound(self, expr):
-        while isinstance(expr, relax.Var):
-            value = self.lookup_binding(expr)
-            if value is None:
-                return expr
-            expr = value
-        return expr
+        return bound_value(expr, self.lookup_binding)
 
     def _evaluate(self, expr):
         return evaluate_constant(expr, self.lookup_binding)

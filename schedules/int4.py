@@ -83,12 +83,17 @@ def pack(codes_nk: np.ndarray, scales_ng: np.ndarray, zeros_ng: np.ndarray, lane
     ``[N, G]`` and zero points ``[N, G]`` (0..15)."""
     n, k = codes_nk.shape
     half = c * lanes
-    tile = 2 * half
-    codes = codes_nk.astype(np.uint8).reshape(n // tile, 2, half, k)  # [t, lo/hi, j, k]
+    codes = codes_nk.astype(np.uint8).reshape(n // (2 * half), 2, half, k)  # [t, lo/hi, j, k]
     packed = (codes[:, 0] | (codes[:, 1] << 4)).transpose(0, 2, 1)  # [t, k, j]
-    groups = scales_ng.shape[1]
+    return (np.ascontiguousarray(packed, dtype=np.uint8), *_pack_groups(scales_ng, zeros_ng, half))
+
+
+def _pack_groups(scales_ng: np.ndarray, zeros_ng: np.ndarray, half: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scales ``[N / T, G, T]`` and zero points packed like the codes ``[N / T, G, T / 2]``."""
+    n, groups = scales_ng.shape
+    tile = 2 * half
     per_tile = lambda a: a.reshape(n // tile, tile, groups).transpose(0, 2, 1)  # noqa: E731
-    return (np.ascontiguousarray(packed, dtype=np.uint8), np.ascontiguousarray(per_tile(scales_ng), dtype=np.float32),
+    return (np.ascontiguousarray(per_tile(scales_ng), dtype=np.float32),
             np.ascontiguousarray(_pack_halves(per_tile(zeros_ng.astype(np.uint8)), half)))
 
 
@@ -201,8 +206,7 @@ def pack_vnni(codes_nk: np.ndarray, scales_ng: np.ndarray, zeros_ng: np.ndarray,
     tile = 32 * c
     codes = codes_nk.astype(np.uint8).reshape(n // tile, 2, c, 16, k // 4, 4)
     packed = (codes[:, 0] | (codes[:, 1] << 4)).transpose(0, 3, 1, 2, 4).reshape(n // tile, k // 4, c, 64)
-    _, scales, zeros = pack(codes_nk, scales_ng, zeros_ng, 16, c)
-    return np.ascontiguousarray(packed), scales, zeros
+    return (np.ascontiguousarray(packed), *_pack_groups(scales_ng, zeros_ng, 16 * c))
 
 
 def kernel_vnni(lead: tuple[int, ...], k: int, n: int, group: int, c: int, rows: int = 1) -> tvm.tirx.PrimFunc:
