@@ -1,0 +1,276 @@
+"""State-space scan kernels: ONNX ``LinearAttention`` (all four update rules) and Mamba-1's
+selective scan, as one fused recurrent kernel each.
+
+``linear_attention`` keeps the state ``S[b, h]`` (``d_k x d_v``) in its output buffer
+``present_state`` and updates it in place token by token: per token one pass over the rows
+``i`` of ``S`` decays, updates and reads it (``o_j += q_i * S[i, j]`` for every query head of
+the group), plus, for the delta rules, one pass computing ``S^T k`` first. Work on column ``j``
+never reads another column, so the kernel vectorises over ``d_v`` (each loop over ``j`` is a
+vector loop) and runs ``(batch, kv head)`` pairs in parallel. Decode (``T = 1``) is the same
+kernel: one read of ``past_state``, one write of ``present_state``, nothing else touches the
+state.
+
+``chunked_linear_attention`` is the prefill form for the ``linear`` and per-head ``gated``
+rules (Mamba-2's SSD): within a chunk of ``C`` tokens the output is matmul-shaped,
+``O = ((Q K^T) * L) V + diag(exp(G)) Q S``, with ``L[t, s] = exp(G_t - G_s)`` for ``s <= t``
+(``G`` the running sum of the decays), and the state moves once a chunk:
+``S <- exp(G_C) S + (K * exp(G_C - G))^T V``. ``C`` is the tunable knob.
+
+``selective_scan`` is Mamba-1's recurrence (:mod:`edgecc.ssm` documents it): per channel a
+diagonal state of ``N`` values; the kernel vectorises over channels, keeps the ``N``
+state vectors of a channel block in registers across the whole sequence, and runs
+``(batch, channel block)`` in parallel.
+
+On CUDA the same kernels run with one thread block per ``(batch, head)`` and one thread per
+state column (selective scan: per channel), each thread's column of the state in registers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tvm
+from tvm.script import tirx as T
+
+SSM_ATTR = "edgecc.ssm"  # on the kernels: which one ("linear_attention", ...); the schedule rule reads it
+RULES = ("linear", "gated", "delta", "gated_delta")
+
+
+def fast_exp(x):
+    """float32 ``exp(x)`` as a polynomial (Cephes' ``expf``: ``2^n * p(r)``, within 2 ulp), so
+    that it vectorises and needs no libm call; inputs clamped to float32's finite range."""
+    x = T.max(T.min(x, T.float32(88.3762626647949)), T.float32(-87.3365447504019))
+    n = T.floor(x * T.float32(1.44269504088896341) + T.float32(0.5))
+    r = x - n * T.float32(0.693359375) + n * T.float32(2.12194440e-4)
+    p = T.float32(1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = p * r + T.float32(c)
+    p = p * r * r + r + T.float32(1)
+    return p * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
+
+
+class LinearAttentionSpec:
+    """Static facts of one ``LinearAttention`` call: heads, head sizes, rule, which optional
+    inputs it has and their shapes' last dims."""
+
+    def __init__(self, q_heads: int, kv_heads: int, d_k: int, d_v: int, rule: str, scale: float,
+                 decay: str = "none", beta: str = "none", past: bool = False):
+        assert rule in RULES and q_heads % kv_heads == 0
+        self.q_heads, self.kv_heads, self.d_k, self.d_v = q_heads, kv_heads, d_k, d_v
+        self.rule, self.decay, self.beta, self.past = rule, decay, beta, past
+        self.scale = scale if scale else 1.0 / math.sqrt(d_k)
+        self.group = q_heads // kv_heads
+
+    @property
+    def decay_width(self) -> int:
+        return {"none": 1, "head": self.kv_heads, "key": self.kv_heads * self.d_k}[self.decay]
+
+    @property
+    def beta_width(self) -> int:
+        return {"none": 1, "head": self.kv_heads, "one": 1}[self.beta]
+
+
+def linear_attention(spec: LinearAttentionSpec) -> tvm.tirx.PrimFunc:
+    """The recurrent kernel: ``(query, key, value, past_state, decay, beta) -> (output,
+    present_state)``, float32, batch and ``T`` symbolic. Absent optional inputs are passed as
+    one-element tensors ``[1, 1, 1(, 1)]`` (the kernel does not read them)."""
+    hq, hk, dk, dv, group = spec.q_heads, spec.kv_heads, spec.d_k, spec.d_v, spec.group
+    gated, delta = spec.rule in ("gated", "gated_delta"), spec.rule in ("delta", "gated_delta")
+    key_decay, has_past, head_beta = spec.decay == "key", spec.past, spec.beta == "head"
+    scale = float(spec.scale)
+    i64 = T.int64
+    hq_, hk_, dk_, dv_, g_ = i64(hq), i64(hk), i64(dk), i64(dv), i64(group)
+    dw_, bw_ = i64(spec.decay_width), i64(spec.beta_width)
+    one = i64(1)
+
+    @T.prim_func(private=True, s_tir=True)
+    def linear_attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, past_h: T.handle, g_h: T.handle,
+                         beta_h: T.handle, o_h: T.handle, state_h: T.handle):
+        b_, t_ = T.int64(), T.int64()
+        q = T.match_buffer(q_h, (b_, t_, hq_ * dk_), "float32")
+        k = T.match_buffer(k_h, (b_, t_, hk_ * dk_), "float32")
+        v = T.match_buffer(v_h, (b_, t_, hk_ * dv_), "float32")
+        g = T.match_buffer(g_h, (b_, t_, dw_) if gated else (one, one, one), "float32")
+        beta = T.match_buffer(beta_h, (b_, t_, bw_) if delta else (one, one, one), "float32")
+        o = T.match_buffer(o_h, (b_, t_, hq_ * dv_), "float32")
+        state = T.match_buffer(state_h, (b_, hk_, dk_, dv_), "float32")
+        past = T.match_buffer(past_h, (b_, hk_, dk_, dv_) if has_past else (one, one, one, one), "float32")
+        for bi, hi in T.grid(b_, hk_):
+            with T.sblock("linear_attention"):
+                vb, vh = T.axis.remap("SS", [bi, hi])
+                T.reads(q[vb, 0:t_, vh * g_ * dk_:(vh + 1) * g_ * dk_], k[vb, 0:t_, vh * dk_:(vh + 1) * dk_],
+                        v[vb, 0:t_, vh * dv_:(vh + 1) * dv_], past[vb, vh, 0:dk_, 0:dv_] if has_past else past[0, 0, 0, 0],
+                        g[vb, 0:t_, 0:dw_] if gated else g[0, 0, 0], beta[vb, 0:t_, 0:bw_] if delta else beta[0, 0, 0])
+                T.writes(o[vb, 0:t_, vh * g_ * dv_:(vh + 1) * g_ * dv_], state[vb, vh, 0:dk_, 0:dv_])
+                T.sblock_attr({SSM_ATTR: "linear_attention"})
+                e = T.sblock_alloc_buffer((dk_,), "float32")
+                u = T.sblock_alloc_buffer((dv_,), "float32")
+                acc = T.sblock_alloc_buffer((g_, dv_), "float32")
+                for i in range(dk_):
+                    for j in T.vectorized(dv_):
+                        if has_past:
+                            state[vb, vh, i, j] = past[vb, vh, i, j]
+                        else:
+                            state[vb, vh, i, j] = T.float32(0)
+                for t in range(t_):
+                    if gated and key_decay:
+                        for i in range(dk_):
+                            e[i] = fast_exp(g[vb, t, vh * dk_ + i])
+                    else:
+                        e[0] = fast_exp(g[vb, t, vh]) if gated else T.float32(1)
+                        for i in range(dk_ - 1):
+                            e[i + 1] = e[0]
+                    if delta:
+                        for j in T.vectorized(dv_):
+                            u[j] = T.float32(0)
+                        for i in range(dk_):
+                            for j in T.vectorized(dv_):
+                                u[j] = u[j] + state[vb, vh, i, j] * (e[i] * k[vb, t, vh * dk_ + i])
+                        for j in T.vectorized(dv_):
+                            u[j] = beta[vb, t, vh if head_beta else 0] * (v[vb, t, vh * dv_ + j] - u[j])
+                    else:
+                        for j in T.vectorized(dv_):
+                            u[j] = v[vb, t, vh * dv_ + j]
+                    for r in range(g_):
+                        for j in T.vectorized(dv_):
+                            acc[r, j] = T.float32(0)
+                    for i in range(dk_):
+                        for j in T.vectorized(dv_):
+                            state[vb, vh, i, j] = e[i] * state[vb, vh, i, j] + k[vb, t, vh * dk_ + i] * u[j]
+                        for r in range(g_):
+                            for j in T.vectorized(dv_):
+                                acc[r, j] = acc[r, j] + q[vb, t, (vh * g_ + r) * dk_ + i] * state[vb, vh, i, j]
+                    for r in range(g_):
+                        for j in T.vectorized(dv_):
+                            o[vb, t, (vh * g_ + r) * dv_ + j] = acc[r, j] * T.float32(scale)
+
+    return linear_attention.with_attr("op_pattern", 8)  # opaque: nothing fuses into the scan
+
+
+def kernel_of(sch) -> tuple | None:
+    """``(block, kind)`` of a scan kernel's block, or None."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        kind = sch.get(block).annotations.get(SSM_ATTR)
+        if kind is not None:
+            return block, str(kind)
+    return None
+
+
+def schedule(sch, block, kind: str) -> str:
+    """CPU: the kernel's independent (batch, head / channel block) loops fused and run in
+    parallel; everything inside is written vectorised already."""
+    loops = sch.get_loops(block)
+    sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+    return f"scan[{kind}]"
+
+
+def fast_log(x):
+    """float32 ``log(x)`` for ``x > 0`` as a polynomial (Cephes' ``logf``), vectorisable."""
+    bits = T.reinterpret("int32", x)
+    exponent = T.shift_right(bits, 23) - 126
+    m = T.reinterpret("float32", T.bitwise_or(T.bitwise_and(bits, 0x007FFFFF), 0x3F000000))  # [0.5, 1)
+    small = m < T.float32(0.707106781186547524)
+    e = T.Cast("float32", exponent) - T.Select(small, T.float32(1), T.float32(0))
+    m = T.Select(small, m + m, m) - T.float32(1)
+    z = m * m
+    p = T.float32(7.0376836292e-2)
+    for c in (-1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1,
+              2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1):
+        p = p * m + T.float32(c)
+    y = m * z * p + e * T.float32(-2.12194440e-4) - T.float32(0.5) * z
+    return m + y + e * T.float32(0.693359375)
+
+
+def softplus(x):
+    """``log(1 + exp(x))``, exact to float32 for large ``x``."""
+    return T.Select(x > T.float32(20), x, fast_log(T.float32(1) + fast_exp(x)))
+
+
+class SelectiveScanSpec:
+    """Static facts of one ``SelectiveScan`` call: channels, state size, optional inputs."""
+
+    def __init__(self, channels: int, state: int, skip: bool, gate: bool, delta_bias: bool,
+                 initial: bool, delta_softplus: bool):
+        self.channels, self.state = channels, state
+        self.skip, self.gate, self.delta_bias, self.initial = skip, gate, delta_bias, initial
+        self.delta_softplus = delta_softplus
+
+
+BLOCK = 16  # channels a selective-scan block: one 512-bit vector, four NEON registers
+
+
+def selective_scan(spec: SelectiveScanSpec) -> tvm.tirx.PrimFunc:
+    """``(x, delta, A, B, C, D, z, delta_bias, initial_state) -> (y, final_state)``, float32,
+    batch and length symbolic; absent optional inputs passed as one-element tensors."""
+    d, n = spec.channels, spec.state
+    width = BLOCK if d % BLOCK == 0 else 1
+    skip, gate, bias, initial, soft = spec.skip, spec.gate, spec.delta_bias, spec.initial, spec.delta_softplus
+    i64 = T.int64
+    d_, n_, w_, one = i64(d), i64(n), i64(width), i64(1)
+
+    @T.prim_func(private=True, s_tir=True)
+    def selective_scan(x_h: T.handle, delta_h: T.handle, a: T.Buffer((d_, n_), "float32"), b_h: T.handle,
+                       c_h: T.handle, skip_h: T.handle, z_h: T.handle, bias_h: T.handle, init_h: T.handle,
+                       y_h: T.handle, final_h: T.handle):
+        b_, t_ = T.int64(), T.int64()
+        x = T.match_buffer(x_h, (b_, t_, d_), "float32")
+        delta = T.match_buffer(delta_h, (b_, t_, d_), "float32")
+        bm = T.match_buffer(b_h, (b_, t_, n_), "float32")
+        cm = T.match_buffer(c_h, (b_, t_, n_), "float32")
+        dskip = T.match_buffer(skip_h, (d_,) if skip else (one,), "float32")
+        z = T.match_buffer(z_h, (b_, t_, d_) if gate else (one, one, one), "float32")
+        dbias = T.match_buffer(bias_h, (d_,) if bias else (one,), "float32")
+        init = T.match_buffer(init_h, (b_, d_, n_) if initial else (one, one, one), "float32")
+        y = T.match_buffer(y_h, (b_, t_, d_), "float32")
+        final = T.match_buffer(final_h, (b_, d_, n_), "float32")
+        for bi, blk in T.grid(b_, d_ // w_):
+            with T.sblock("selective_scan"):
+                vb, vd = T.axis.remap("SS", [bi, blk])
+                T.reads(x[vb, 0:t_, vd * w_:vd * w_ + w_], delta[vb, 0:t_, vd * w_:vd * w_ + w_],
+                        a[vd * w_:vd * w_ + w_, 0:n_], bm[vb, 0:t_, 0:n_], cm[vb, 0:t_, 0:n_],
+                        dskip[vd * w_:vd * w_ + w_] if skip else dskip[0],
+                        z[vb, 0:t_, vd * w_:vd * w_ + w_] if gate else z[0, 0, 0],
+                        dbias[vd * w_:vd * w_ + w_] if bias else dbias[0],
+                        init[vb, vd * w_:vd * w_ + w_, 0:n_] if initial else init[0, 0, 0])
+                T.writes(y[vb, 0:t_, vd * w_:vd * w_ + w_], final[vb, vd * w_:vd * w_ + w_, 0:n_])
+                T.sblock_attr({SSM_ATTR: "selective_scan"})
+                h = T.sblock_alloc_buffer((n_, w_), "float32")
+                at = T.sblock_alloc_buffer((n_, w_), "float32")  # A transposed: lanes are channels
+                dt = T.sblock_alloc_buffer((w_,), "float32")
+                dx = T.sblock_alloc_buffer((w_,), "float32")
+                acc = T.sblock_alloc_buffer((w_,), "float32")
+                for s in range(n_):
+                    for c in T.vectorized(w_):
+                        at[s, c] = a[vd * w_ + c, s]
+                        if initial:
+                            h[s, c] = init[vb, vd * w_ + c, s]
+                        else:
+                            h[s, c] = T.float32(0)
+                for t in range(t_):
+                    for c in T.vectorized(w_):
+                        if bias:
+                            dt[c] = delta[vb, t, vd * w_ + c] + dbias[vd * w_ + c]
+                        else:
+                            dt[c] = delta[vb, t, vd * w_ + c]
+                        if soft:
+                            dt[c] = softplus(dt[c])
+                        dx[c] = dt[c] * x[vb, t, vd * w_ + c]
+                        if skip:
+                            acc[c] = dskip[vd * w_ + c] * x[vb, t, vd * w_ + c]
+                        else:
+                            acc[c] = T.float32(0)
+                    for s in range(n_):
+                        for c in T.vectorized(w_):
+                            h[s, c] = fast_exp(dt[c] * at[s, c]) * h[s, c] + dx[c] * bm[vb, t, s]
+                            acc[c] = acc[c] + cm[vb, t, s] * h[s, c]
+                    for c in T.vectorized(w_):
+                        if gate:
+                            y[vb, t, vd * w_ + c] = acc[c] * z[vb, t, vd * w_ + c] / (
+                                T.float32(1) + fast_exp(T.float32(0) - z[vb, t, vd * w_ + c]))
+                        else:
+                            y[vb, t, vd * w_ + c] = acc[c]
+                for s in range(n_):
+                    for c in T.vectorized(w_):
+                        final[vb, vd * w_ + c, s] = h[s, c]
+
+    return selective_scan.with_attr("op_pattern", 8)
