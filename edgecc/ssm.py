@@ -168,3 +168,54 @@ def selective_scan_inputs(model: onnx.ModelProto, seed=0) -> dict[str, np.ndarra
         sample = rng.uniform(0.0, 1.0, shape) if value.name == "delta" else rng.standard_normal(shape)
         feeds[value.name] = sample.astype(np.float32)
     return feeds
+
+
+def linear_attention_model(rule: str, steps, q_heads: int, kv_heads: int, d_k: int, d_v: int,
+                           past=True, decay="head", beta="head", scale=0.0) -> onnx.ModelProto:
+    """One ONNX ``LinearAttention`` (opset 27) over graph inputs ``query``, ``key``,
+    ``value`` (and ``past_state``, ``decay``, ``beta`` as the rule needs); ``decay`` is
+    ``head`` ([B, T, H_kv]) or ``key`` ([B, T, H_kv * d_k]), ``beta`` ``head`` or ``one``."""
+    value = helper.make_tensor_value_info
+    gated, delta = rule in ("gated", "gated_delta"), rule in ("delta", "gated_delta")
+    inputs = [value("query", TensorProto.FLOAT, [1, steps, q_heads * d_k]),
+              value("key", TensorProto.FLOAT, [1, steps, kv_heads * d_k]),
+              value("value", TensorProto.FLOAT, [1, steps, kv_heads * d_v])]
+    names = ["query", "key", "value", "past_state" if past else ""]
+    if past:
+        inputs.append(value("past_state", TensorProto.FLOAT, [1, kv_heads, d_k, d_v]))
+    names.append("decay" if gated else "")
+    if gated:
+        inputs.append(value("decay", TensorProto.FLOAT, [1, steps, kv_heads * (d_k if decay == "key" else 1)]))
+    if delta:
+        names.append("beta")
+        inputs.append(value("beta", TensorProto.FLOAT, [1, steps, kv_heads if beta == "head" else 1]))
+    while names[-1] == "":
+        names.pop()
+    node = helper.make_node("LinearAttention", names, ["output", "present_state"], q_num_heads=q_heads,
+                            kv_num_heads=kv_heads, update_rule=rule, scale=float(scale))
+    outputs = [value("output", TensorProto.FLOAT, [1, steps, q_heads * d_v]),
+               value("present_state", TensorProto.FLOAT, [1, kv_heads, d_k, d_v])]
+    graph = helper.make_graph([node], f"linear_attention_{rule}", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 27)], ir_version=11)
+
+
+def linear_attention_inputs(model: onnx.ModelProto, seed=0) -> dict[str, np.ndarray]:
+    """Seeded inputs in the ranges the update rules expect: L2-normalised keys per head,
+    decays ``log(u)`` for ``u`` in [0.8, 1), ``beta`` in (0, 1)."""
+    rng = np.random.default_rng(seed)
+    node = next(n for n in model.graph.node if n.op_type == "LinearAttention")
+    kv_heads = next(a.i for a in node.attribute if a.name == "kv_num_heads")
+    feeds = {}
+    for value in model.graph.input:
+        shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        if value.name == "decay":
+            sample = np.log(rng.uniform(0.8, 1.0, shape))
+        elif value.name == "beta":
+            sample = rng.uniform(0.05, 0.95, shape)
+        elif value.name == "key":
+            sample = rng.standard_normal(shape).reshape(*shape[:2], kv_heads, -1)
+            sample = (sample / np.linalg.norm(sample, axis=-1, keepdims=True)).reshape(shape)
+        else:
+            sample = rng.standard_normal(shape) * (0.5 if value.name == "past_state" else 1.0)
+        feeds[value.name] = sample.astype(np.float32)
+    return feeds

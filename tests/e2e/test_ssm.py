@@ -1,0 +1,146 @@
+"""State-space ops: ONNX LinearAttention (every update rule, GQA, decode and prefill, with
+and without past state), CausalConvWithState, and ai.edgecc::SelectiveScan, compiled to
+edgecc's scan kernels and compared with onnx.reference / the NumPy reference; on the host,
+and on arm and riscv under qemu."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
+
+import edgecc
+from edgecc import ssm
+
+# float32 recurrences summed in another order than the references': over up to 1000 steps
+# the state's rounding differs by a few ulp of its largest values.
+RTOL, ATOL = 1e-4, 1e-4
+
+# (rule, T, q heads, kv heads, d_k, d_v, past, decay, beta): every T in {1, 7, 64, 1000},
+# d_k (the state size) in {16, 64, 128}, GQA ratios 1, 2, 4 and MQA, with and without past.
+CASES = [
+    ("linear", 1, 2, 2, 16, 16, False, "head", "head"),
+    ("linear", 64, 4, 2, 64, 32, True, "head", "head"),
+    ("gated", 1, 4, 4, 64, 64, True, "head", "head"),
+    ("gated", 7, 8, 2, 16, 32, True, "head", "head"),
+    ("gated", 64, 2, 2, 128, 64, False, "key", "head"),
+    ("gated", 1000, 4, 4, 64, 64, True, "head", "head"),
+    ("delta", 7, 2, 2, 16, 16, True, "head", "head"),
+    ("delta", 1000, 2, 1, 128, 32, False, "head", "one"),
+    ("gated_delta", 1, 4, 2, 128, 64, True, "head", "head"),
+    ("gated_delta", 64, 4, 1, 64, 64, True, "key", "one"),
+    ("gated_delta", 1000, 2, 2, 16, 16, True, "head", "head"),
+]
+
+
+def _check(model, feeds, got: dict):
+    expected = ReferenceEvaluator(model).run(None, feeds)
+    for value, want in zip(model.graph.output, expected):
+        np.testing.assert_allclose(got[value.name], want, rtol=RTOL, atol=ATOL, err_msg=value.name)
+
+
+def _scan_rules(bundle) -> list[str]:
+    kernels = next(p for p in bundle.manifest["passes"] if p["phase"] == "schedule")["kernels"]
+    return [rule for rule in kernels.values() if rule.startswith("scan[")]
+
+
+@pytest.mark.parametrize("rule,steps,hq,hk,dk,dv,past,decay,beta", CASES)
+def test_linear_attention(rule, steps, hq, hk, dk, dv, past, decay, beta):
+    model = ssm.linear_attention_model(rule, steps, hq, hk, dk, dv, past, decay, beta)
+    feeds = ssm.linear_attention_inputs(model)
+    bundle = edgecc.compile(model, "host")
+    assert _scan_rules(bundle) == ["scan[linear_attention]"]
+    _check(model, feeds, bundle.run(feeds))
+
+
+def _causal_conv_model(steps, channels, taps, bias, past, activation):
+    rng = np.random.default_rng(0)
+    value = helper.make_tensor_value_info
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal((channels, 1, taps)).astype(np.float32), "w")]
+    names = ["x", "w", "bias" if bias else ""]
+    if bias:
+        inits.append(onnx.numpy_helper.from_array(rng.standard_normal(channels).astype(np.float32), "bias"))
+    inputs = [value("x", TensorProto.FLOAT, [2, channels, steps])]
+    if past:
+        names.append("past")
+        inputs.append(value("past", TensorProto.FLOAT, [2, channels, taps - 1]))
+    while names[-1] == "":
+        names.pop()
+    node = helper.make_node("CausalConvWithState", names, ["y", "state"], activation=activation)
+    graph = helper.make_graph([node], "causal_conv", inputs,
+                              [value("y", TensorProto.FLOAT, None), value("state", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 27)], ir_version=11)
+
+
+@pytest.mark.parametrize("steps,taps,bias,past,activation", [
+    (1, 4, True, True, "silu"), (64, 4, False, False, "none"), (2, 4, True, False, "swish"), (33, 3, True, True, "none")])
+def test_causal_conv_with_state(steps, taps, bias, past, activation):
+    model = _causal_conv_model(steps, 48, taps, bias, past, activation)
+    rng = np.random.default_rng(1)
+    feeds = {v.name: rng.standard_normal([d.dim_value for d in v.type.tensor_type.shape.dim]).astype(np.float32)
+             for v in model.graph.input}
+    _check(model, feeds, edgecc.compile(model, "host").run(feeds))
+
+
+def _selective_reference(model, feeds):
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    node = model.graph.node[0]
+    softplus = bool(next(a.i for a in node.attribute if a.name == "delta_softplus"))
+    return ssm.selective_scan_reference(feeds["x"], feeds["delta"], weights["A"], feeds["B"], feeds["C"],
+                                        weights.get("D"), feeds.get("z"), weights.get("delta_bias"),
+                                        feeds.get("initial_state"), softplus)
+
+
+@pytest.mark.parametrize("steps,channels,state,options", [
+    (1, 32, 16, dict(initial_state=True)),
+    (7, 40, 16, dict(gate=False, skip=False, delta_bias=False, delta_softplus=False)),
+    (64, 64, 64, {}),
+    (1000, 32, 128, dict(initial_state=True)),
+])
+def test_selective_scan(steps, channels, state, options):
+    model = ssm.selective_scan_model(steps, channels, state, **options)
+    feeds = ssm.selective_scan_inputs(model)
+    bundle = edgecc.compile(model, "host")
+    assert _scan_rules(bundle) == ["scan[selective_scan]"]
+    got = bundle.run(feeds)
+    y, final = _selective_reference(model, feeds)
+    np.testing.assert_allclose(got["y"], y, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got["final_state"], final, rtol=RTOL, atol=ATOL)
+
+
+def test_selective_scan_op_matches_its_scan_form():
+    """The op and the helper's ONNX Scan form of the same recurrence (run by ONNX Runtime) agree."""
+    import onnxruntime as ort
+
+    model = ssm.selective_scan_model(33, 32, 16)
+    feeds = ssm.selective_scan_inputs(model)
+    scan = ssm.selective_scan_model(33, 32, 16, as_scan=True)
+    session = ort.InferenceSession(scan.SerializeToString(), providers=["CPUExecutionProvider"])
+    y, final = _selective_reference(model, feeds)
+    got = session.run(None, feeds)
+    np.testing.assert_allclose(got[0], y, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got[1], final, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("target", ["arm", "riscv"])
+def test_scan_kernels_under_qemu(target):
+    """The same kernels cross-compiled, run under qemu-user, against the references."""
+    model = ssm.linear_attention_model("gated_delta", 7, 4, 2, 16, 32, True, "head", "head")
+    feeds = ssm.linear_attention_inputs(model)
+    _check(model, feeds, edgecc.compile(model, target).run(feeds))
+    model = ssm.linear_attention_model("gated", 5, 2, 2, 16, 16, False, "key", "head")
+    feeds = ssm.linear_attention_inputs(model)
+    _check(model, feeds, edgecc.compile(model, target).run(feeds))
+    model = ssm.selective_scan_model(9, 32, 16)
+    feeds = ssm.selective_scan_inputs(model)
+    got = edgecc.compile(model, target).run(feeds)
+    y, final = _selective_reference(model, feeds)
+    np.testing.assert_allclose(got["y"], y, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got["final_state"], final, rtol=RTOL, atol=ATOL)
+    conv = _causal_conv_model(6, 16, 4, True, True, "silu")
+    rng = np.random.default_rng(1)
+    feeds = {v.name: rng.standard_normal([d.dim_value for d in v.type.tensor_type.shape.dim]).astype(np.float32)
+             for v in conv.graph.input}
+    _check(conv, feeds, edgecc.compile(conv, target).run(feeds))
