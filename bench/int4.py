@@ -26,18 +26,14 @@ the quantized block against fp32 (cosine similarity and max abs).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import onnx
-import tvm
 from onnx import TensorProto, helper, numpy_helper
 
 import edgecc
-from edgecc.bench import bundle_runner, interleaved, onnxruntime_session, session_runner
+from edgecc.bench import bundle_runner, copy_bandwidth, interleaved, onnxruntime_session, session_runner
 from edgecc.quantize import quantize_int4
-from edgecc.targets import get_target
 from edgecc.zoo import encoder_model, sample_inputs
 
 
@@ -60,29 +56,6 @@ def weight_bytes(model: onnx.ModelProto) -> tuple[int, int]:
         elif node.op_type in ("MatMul", "Gemm") and node.input[1] in consts:
             fp32 += numpy_helper.to_array(consts[node.input[1]]).nbytes
     return nbits, fp32
-
-
-def copy_bandwidth(nbytes: int, threads: int, repeat: int = 10) -> float:
-    """GB/s of a parallel, vectorised float32 copy (read + write) of ``nbytes``, on TVM's thread
-    pool (``TVM_NUM_THREADS``, default every core)."""
-    n = nbytes // 4 // 1024 * 1024
-    src = tvm.te.placeholder((n // 1024, 1024), "float32", name="src")
-    dst = tvm.te.compute(src.shape, lambda i, j: src[i, j], name="dst")
-    func = tvm.te.create_prim_func([src, dst]).with_attr("global_symbol", "copy")
-    sch = tvm.s_tir.Schedule(func)
-    i, j = sch.get_loops(sch.get_sblock("dst"))
-    sch.parallel(i)
-    sch.vectorize(j)
-    lib = tvm.compile(sch.mod, target=get_target("host").tvm_target()).jit()
-    a = tvm.runtime.tensor(np.ones((n // 1024, 1024), np.float32))
-    b = tvm.runtime.tensor(np.zeros((n // 1024, 1024), np.float32))
-    lib["copy"](a, b)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        lib["copy"](a, b)
-        times.append(time.perf_counter() - start)
-    return 2 * n * 4 / statistics.median(times) / 1e9
 
 
 def cosine(a, b) -> float:

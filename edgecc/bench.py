@@ -107,6 +107,33 @@ def per_op_times(bundle, inputs: dict[str, np.ndarray]) -> list[tuple[str, int, 
     return sorted(((name, calls, ms) for name, (calls, ms) in totals.items()), key=lambda row: -row[2])
 
 
+def copy_bandwidth(nbytes: int, threads: int, repeat: int = 10) -> float:
+    """GB/s of a parallel, vectorised float32 copy (read + write) of ``nbytes``, on TVM's thread
+    pool (``TVM_NUM_THREADS``, default every core)."""
+    import tvm
+
+    from edgecc.targets import get_target
+
+    n = nbytes // 4 // 1024 * 1024
+    src = tvm.te.placeholder((n // 1024, 1024), "float32", name="src")
+    dst = tvm.te.compute(src.shape, lambda i, j: src[i, j], name="dst")
+    func = tvm.te.create_prim_func([src, dst]).with_attr("global_symbol", "copy")
+    sch = tvm.s_tir.Schedule(func)
+    i, j = sch.get_loops(sch.get_sblock("dst"))
+    sch.parallel(i)
+    sch.vectorize(j)
+    lib = tvm.compile(sch.mod, target=get_target("host").tvm_target()).jit()
+    a = tvm.runtime.tensor(np.ones((n // 1024, 1024), np.float32))
+    b = tvm.runtime.tensor(np.zeros((n // 1024, 1024), np.float32))
+    lib["copy"](a, b)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        lib["copy"](a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * n * 4 / statistics.median(times) / 1e9
+
+
 def benchmark(model, target: str = "host", *, vs: str | None = "onnxruntime", threads: int | None = None,
               rounds: int = 5, repeat: int = 10, per_op: bool = False, input_shapes=None,
               tuning_log=None) -> BenchResult:

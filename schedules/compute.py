@@ -242,8 +242,9 @@ def conv2d_legalizer(lanes: int, winograd=None):
 
 
 def fast_math_legalizers() -> dict:
-    """float32 ``exp``/``erf``/``gelu``/``tanh``/``softmax`` as TVM's vectorisable polynomial forms
-    (``topi.fast_*``, within a few ulp of libm) instead of one scalar libm call per element."""
+    """float32 ``exp``/``erf``/``gelu``/``tanh``/``softmax``/``sigmoid``/``silu`` as TVM's vectorisable
+    polynomial forms (``topi.fast_*``, within a few ulp of libm) instead of one scalar libm call
+    per element."""
     def make(op_name, fast, with_axis=False):
         default = tvm.ir.Op.get(op_name).get_attr("FLegalize")
 
@@ -261,7 +262,17 @@ def fast_math_legalizers() -> dict:
         return te.compute(x.shape, lambda *i: x(*i) * (tvm.tirx.const(0.5, "float32")
                                                         + erf(*i) * tvm.tirx.const(0.5, "float32")), name="gelu")
 
+    def fast_sigmoid(x):
+        e = topi.fast_exp(topi.negative(x))
+        one = tvm.tirx.const(1.0, "float32")
+        return te.compute(x.shape, lambda *i: one / (one + e(*i)), name="sigmoid")
+
+    def fast_silu(x):
+        sigmoid = fast_sigmoid(x)
+        return te.compute(x.shape, lambda *i: x(*i) * sigmoid(*i), name="silu")
+
     return {"relax.exp": make("relax.exp", topi.fast_exp), "relax.erf": make("relax.erf", topi.fast_erf),
+            "relax.sigmoid": make("relax.sigmoid", fast_sigmoid), "relax.nn.silu": make("relax.nn.silu", fast_silu),
             "relax.nn.gelu": make("relax.nn.gelu", fast_gelu),
             "relax.tanh": make("relax.tanh", topi.fast_tanh),
             "relax.nn.softmax": make("relax.nn.softmax", topi.nn.fast_softmax, with_axis=True)}

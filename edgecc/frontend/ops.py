@@ -45,6 +45,10 @@ def _shape(expr: relax.Expr) -> list[int]:
     return [int(d) for d in expr.ty.shape]
 
 
+def _is_static(expr: relax.Expr) -> bool:
+    return all(isinstance(d, tvm.tirx.IntImm) for d in expr.ty.shape)
+
+
 def _constant(expr: relax.Expr, params, what: str) -> np.ndarray:
     """The value of an input that must be known at import, or a one-line error naming it."""
     expr = get_constant(expr, params)
@@ -472,7 +476,7 @@ class _ReduceExtreme:
             out = bb.normalize(relax.op.astype(out, "bool"))
         else:
             out = bb.normalize(impl(bb, inputs, attr, params))
-        if 0 in _shape(data) and 0 not in _shape(out):
+        if _is_static(data) and _is_static(out) and 0 in _shape(data) and 0 not in _shape(out):
             return relax.op.broadcast_to(_const(cls._identity(dtype), dtype), _shape(out))
         return out
 

@@ -9,7 +9,9 @@ read in place of the left padding), so the ops around it fuse into the same kern
 
 from __future__ import annotations
 
+import tvm
 from tvm import relax, te, tirx
+from tvm.relax.frontend.onnx import onnx_frontend
 from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
 from .converters import register_converter
@@ -104,16 +106,21 @@ class LinearAttention(OnnxOpConverter):
         return relax.Tuple([output, state])
 
 
-def causal_conv(x: te.Tensor, weight: te.Tensor, bias: te.Tensor | None, past: te.Tensor | None):
+def causal_conv(x: te.Tensor, weight: te.Tensor, bias: te.Tensor | None, past: te.Tensor | None,
+                channels_last: bool = False):
     """``(output, present_state)`` of ``CausalConvWithState`` without its activation: the
-    depthwise causal conv over ``concat(past or zeros, x)`` along time, taps unrolled."""
-    _, _, length = x.shape
+    depthwise causal conv over ``concat(past or zeros, x)`` along time, taps unrolled.
+    ``channels_last``: ``x`` and the output are ``[B, L, C]`` (the state stays ``[B, C, k-1]``)."""
+    length = x.shape[1] if channels_last else x.shape[2]
     taps = int(weight.shape[2])
+
+    def read(b, c, p):
+        return x[b, p, c] if channels_last else x[b, c, p]
 
     def padded(b, c, p):  # position p of concat(past, x); p < taps - 1 reads the carried state
         zero = tirx.const(0, x.dtype)
         before = past[b, c, tirx.max(p, 0)] if past is not None else zero
-        return tirx.if_then_else(p < taps - 1, before, x[b, c, tirx.max(p - (taps - 1), 0)])
+        return tirx.if_then_else(p < taps - 1, before, read(b, c, tirx.max(p - (taps - 1), 0)))
 
     def conv(b, c, l):
         total = bias[c] if bias is not None else tirx.const(0, x.dtype)
@@ -124,9 +131,19 @@ def causal_conv(x: te.Tensor, weight: te.Tensor, bias: te.Tensor | None, past: t
     def carry(b, c, p):  # last taps - 1 positions of the padded sequence
         return padded(b, c, length + p)
 
-    output = te.compute(x.shape, conv, name="causal_conv")
-    present = te.compute((x.shape[0], x.shape[1], taps - 1), carry, name="causal_conv_state")
+    batch, channels = x.shape[0], x.shape[2] if channels_last else x.shape[1]
+    output = te.compute(x.shape, (lambda b, l, c: conv(b, c, l)) if channels_last else conv, name="causal_conv")
+    present = te.compute((batch, channels, taps - 1), carry, name="causal_conv_state")
     return output, present
+
+
+def _transposed_from(bb, expr):
+    """The ``[B, L, C]`` tensor ``expr`` is ``Transpose(perm=[0, 2, 1])`` of, else None."""
+    value = bb.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
+    if isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.permute_dims") \
+            and value.attrs.axes is not None and [int(a) for a in value.attrs.axes] == [0, 2, 1]:
+        return value.args[0]
+    return None
 
 
 @register_converter("CausalConvWithState")
@@ -142,14 +159,19 @@ class CausalConvWithState(OnnxOpConverter):
             raise ValueError(f"CausalConvWithState: activation '{activation}' is not one of none, silu, swish")
         _static(_dims(weight)[2], "CausalConvWithState: the kernel size")
         dtype = _dtype(x)
-        args = [_f32(bb, x), _f32(bb, weight)] + [_f32(bb, t) for t in (bias, past) if t is not None]
+        # Mamba's conv reads a projection's [B, L, C] output through a Transpose: read it in
+        # place (the conv vectorises over channels), and hand back the output the same way, so
+        # that the Transpose after it (see Transpose below) cancels.
+        source = _transposed_from(bb, x)
+        args = [_f32(bb, x if source is None else source), _f32(bb, weight)]
+        args += [_f32(bb, t) for t in (bias, past) if t is not None]
 
         def compute(*tensors):
             x_, w_ = tensors[0], tensors[1]
             rest = list(tensors[2:])
             b_ = rest.pop(0) if bias is not None else None
             p_ = rest.pop(0) if past is not None else None
-            return causal_conv(x_, w_, b_, p_)
+            return causal_conv(x_, w_, b_, p_, channels_last=source is not None)
 
         out = bb.emit_te(compute, *args, primfunc_name_hint="causal_conv")
         output, state = bb.emit(relax.TupleGetItem(out, 0)), bb.emit(relax.TupleGetItem(out, 1))
@@ -158,7 +180,26 @@ class CausalConvWithState(OnnxOpConverter):
         if dtype != "float32":
             output = bb.emit(relax.op.astype(output, dtype))
             state = bb.emit(relax.op.astype(state, _dtype(past) if past is not None else dtype))
+        if source is not None:
+            output = bb.emit(relax.op.permute_dims(output, [0, 2, 1]))
         return relax.Tuple([output, state])
+
+
+@register_converter("Transpose")
+class Transpose(onnx_frontend.Transpose):
+    """TVM's ``Transpose``, except that a transpose of a transpose is one (or none): how
+    :class:`CausalConvWithState`'s channels-last output meets the model's Transpose back."""
+
+    @classmethod
+    def _impl_v13(cls, bb, inputs, attr, params):
+        data, perm = inputs[0], attr.get("perm")
+        value = bb.lookup_binding(data) if isinstance(data, relax.Var) else data
+        if perm is not None and isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.permute_dims") \
+                and value.attrs.axes is not None:
+            inner = [int(a) for a in value.attrs.axes]
+            axes = [inner[int(p)] for p in perm]
+            return value.args[0] if axes == list(range(len(axes))) else relax.op.permute_dims(value.args[0], axes)
+        return super()._impl_v13(bb, inputs, attr, params)
 
 
 @register_converter("SelectiveScan", domain="ai.edgecc")
