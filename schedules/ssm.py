@@ -274,3 +274,78 @@ def selective_scan(spec: SelectiveScanSpec) -> tvm.tirx.PrimFunc:
                         final[vb, vd * w_ + c, s] = h[s, c]
 
     return selective_scan.with_attr("op_pattern", 8)
+
+
+def diagonal_scan(channels: int, state: int) -> tvm.tirx.PrimFunc:
+    """``(h0 [D, N], a [L, D, N], b [L, D, N], c [L, N]) -> (h_last [D, N], y [L, D])`` for
+    ``h_t = a_t * h_{t-1} + b_t``, ``y_t = h_t @ c_t``: a diagonal linear recurrence as an
+    exporter writes Mamba's scan in an ONNX ``Scan`` (:mod:`edgecc.passes.ssm` recognises it).
+    ``L`` symbolic; blocks of channels in parallel, each step reading a block's ``a``/``b`` rows
+    contiguously, vectorised over ``N``."""
+    i64 = T.int64
+    d_, n_ = i64(channels), i64(state)
+
+    width = BLOCK if channels % BLOCK == 0 else 1
+    w_ = i64(width)
+    # The readout's horizontal sum over N as a tree of vector adds (N a power of 2, up to 256):
+    # level k adds the upper half h_k of what is left onto the lower; 0 marks an unused level.
+    tree = state & (state - 1) == 0 and state <= 256
+    h1, h2, h3, h4, h5, h6, h7, h8 = ([state >> k if tree and state >> k else 0 for k in range(1, 9)])
+
+    @T.macro(hygienic=False)
+    def fold(half):
+        for s in T.vectorized(half):
+            prod[s] = prod[s] + prod[s + half]
+
+    @T.prim_func(private=True, s_tir=True)
+    def diagonal_scan(h0: T.Buffer((d_, n_), "float32"), a_h: T.handle, b_h: T.handle, c_h: T.handle,
+                      last: T.Buffer((d_, n_), "float32"), y_h: T.handle):
+        t_ = T.int64()
+        a = T.match_buffer(a_h, (t_, d_, n_), "float32")
+        b = T.match_buffer(b_h, (t_, d_, n_), "float32")
+        c = T.match_buffer(c_h, (t_, n_), "float32")
+        y = T.match_buffer(y_h, (t_, d_), "float32")
+        for blk in range(d_ // w_):
+            with T.sblock("diagonal_scan"):
+                vd = T.axis.spatial(d_ // w_, blk)
+                T.reads(h0[vd * w_:vd * w_ + w_, 0:n_], a[0:t_, vd * w_:vd * w_ + w_, 0:n_],
+                        b[0:t_, vd * w_:vd * w_ + w_, 0:n_], c[0:t_, 0:n_])
+                T.writes(last[vd * w_:vd * w_ + w_, 0:n_], y[0:t_, vd * w_:vd * w_ + w_])
+                T.sblock_attr({SSM_ATTR: "diagonal_scan"})
+                h = T.sblock_alloc_buffer((w_, n_), "float32")
+                prod = T.sblock_alloc_buffer((n_,), "float32")
+                for dd in range(w_):
+                    for s in T.vectorized(n_):
+                        h[dd, s] = h0[vd * w_ + dd, s]
+                for t in range(t_):
+                    for dd in range(w_):
+                        for s in T.vectorized(n_):
+                            h[dd, s] = a[t, vd * w_ + dd, s] * h[dd, s] + b[t, vd * w_ + dd, s]
+                            prod[s] = h[dd, s] * c[t, s]
+                        if tree:
+                            if h1 > 0:
+                                fold(h1)
+                            if h2 > 0:
+                                fold(h2)
+                            if h3 > 0:
+                                fold(h3)
+                            if h4 > 0:
+                                fold(h4)
+                            if h5 > 0:
+                                fold(h5)
+                            if h6 > 0:
+                                fold(h6)
+                            if h7 > 0:
+                                fold(h7)
+                            if h8 > 0:
+                                fold(h8)
+                            y[t, vd * w_ + dd] = prod[0]
+                        else:
+                            y[t, vd * w_ + dd] = T.float32(0)
+                            for s in range(n_):
+                                y[t, vd * w_ + dd] = y[t, vd * w_ + dd] + prod[s]
+                for dd in range(w_):
+                    for s in T.vectorized(n_):
+                        last[vd * w_ + dd, s] = h[dd, s]
+
+    return diagonal_scan.with_attr("op_pattern", 8)

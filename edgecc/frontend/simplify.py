@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from edgecc.passes import ssm as ssm_scans
+
 # Inputs whose *value* decides an output shape (or that TVM's converters need
 # as constants): a graph input reaching one of these is specialised on its value.
 SHAPE_SLOTS: dict[str, tuple[int, ...]] = {
@@ -270,7 +272,11 @@ class Simplifier:
             self.set_const(axes, self.array(node.input[1]).reshape(1))
             return [helper.make_node(op, [node.input[0], axes], list(node.output), name=node.name)]
         if op == "Scan":
-            return self._unroll_scan(node)
+            rewritten = ssm_scans.rewrite_scan(node, self.shapes)
+            if rewritten is not None and ssm_scans.DOMAIN not in self.opsets:
+                self.opsets[ssm_scans.DOMAIN] = 1
+                self.model.opset_import.append(helper.make_opsetid(ssm_scans.DOMAIN, 1))
+            return rewritten or self._unroll_scan(node)
         if op == "Loop":
             return self._unroll_loop(node)
         if op in NONDETERMINISTIC or not all(n in self.consts for n in inputs) or any(_subgraphs(node)):

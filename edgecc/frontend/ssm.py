@@ -230,3 +230,25 @@ class SelectiveScan(OnnxOpConverter):
         if _dtype(x) != "float32":
             y, final = bb.emit(relax.op.astype(y, _dtype(x))), bb.emit(relax.op.astype(final, _dtype(x)))
         return relax.Tuple([y, final])
+
+
+@register_converter("DiagonalScan", domain="ai.edgecc")
+class DiagonalScan(OnnxOpConverter):
+    """edgecc-internal: the diagonal recurrence :mod:`edgecc.passes.ssm` recognises in an ONNX
+    ``Scan``, as one :func:`edgecc.schedules.ssm.diagonal_scan` kernel."""
+
+    @classmethod
+    def _impl_v1(cls, bb, inputs, attr, params):
+        from edgecc.schedules import ssm
+
+        h0, a, b, c = (_f32(bb, t) for t in inputs[:4])
+        channels, state = (_static(d, "DiagonalScan: the state's shape") for d in _dims(h0))
+        steps = _dims(a)[0]
+        kernel = bb.add_func(ssm.diagonal_scan(channels, state), "diagonal_scan")
+        out = bb.emit(relax.call_tir(kernel, [h0, a, b, c], [relax.TensorType([channels, state], "float32"),
+                                                             relax.TensorType([steps, channels], "float32")]))
+        dtype = _dtype(inputs[0])
+        last, y = bb.emit(relax.TupleGetItem(out, 0)), bb.emit(relax.TupleGetItem(out, 1))
+        if dtype != "float32":
+            last, y = bb.emit(relax.op.astype(last, dtype)), bb.emit(relax.op.astype(y, dtype))
+        return relax.Tuple([last, y])

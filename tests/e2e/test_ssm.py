@@ -144,3 +144,23 @@ def test_scan_kernels_under_qemu(target):
     feeds = {v.name: rng.standard_normal([d.dim_value for d in v.type.tensor_type.shape.dim]).astype(np.float32)
              for v in conv.graph.input}
     _check(conv, feeds, edgecc.compile(conv, target).run(feeds))
+
+
+@pytest.mark.parametrize("target", ["host", "arm"])
+def test_scan_loop_is_rewritten_to_a_scan_kernel(target):
+    """Mamba's recurrence written as an ONNX Scan compiles to the diagonal-scan kernel (not an
+    unrolled loop) and matches ONNX Runtime running the Scan; 300 steps exceed the unroll limit."""
+    import onnxruntime as ort
+
+    from edgecc.frontend.simplify import UNROLL_LIMIT
+
+    steps = 300
+    assert steps > UNROLL_LIMIT
+    model = ssm.selective_scan_model(steps, 32, 16, as_scan=True)
+    feeds = ssm.selective_scan_inputs(model)
+    bundle = edgecc.compile(model, target)
+    assert _scan_rules(bundle) == ["scan[diagonal_scan]"]
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = bundle.run(feeds)
+    np.testing.assert_allclose(got["y"], expected[0], rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got["final_state"], expected[1], rtol=RTOL, atol=ATOL)
