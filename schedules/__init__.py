@@ -191,6 +191,10 @@ def ScheduleGPU(tuning=None):  # noqa: N802 (TVM pass naming)
             if tuned is not None:
                 updates[gvar] = tuned
                 continue
+            if ssm.BUILD_ATTR in (func.attrs or {}):
+                scan, rule = ssm.schedule_gpu(func)
+                updates[gvar] = scan.with_attr("tirx.is_scheduled", True).with_attr(RULE_ATTR, rule)
+                continue
             for name, rule in rules:
                 space = rule.apply(func, target, False)
                 if space is None:

@@ -27,11 +27,13 @@ state column (selective scan: per channel), each thread's column of the state in
 
 from __future__ import annotations
 
+import json
 import math
 
 import tvm
 from tvm.script import tirx as T
 
+BUILD_ATTR = "edgecc.ssm_build"  # on the kernels: how to build them again (see rebuild)
 SSM_ATTR = "edgecc.ssm"  # on the kernels: which one ("linear_attention", ...); the schedule rule reads it
 RULES = ("linear", "gated", "delta", "gated_delta")
 
@@ -58,6 +60,8 @@ class LinearAttentionSpec:
         assert rule in RULES and q_heads % kv_heads == 0
         self.q_heads, self.kv_heads, self.d_k, self.d_v = q_heads, kv_heads, d_k, d_v
         self.rule, self.decay, self.beta, self.past = rule, decay, beta, past
+        self.args = dict(q_heads=q_heads, kv_heads=kv_heads, d_k=d_k, d_v=d_v, rule=rule, scale=scale, decay=decay,
+                         beta=beta, past=past)
         self.scale = scale if scale else 1.0 / math.sqrt(d_k)
         self.group = q_heads // kv_heads
 
@@ -70,11 +74,33 @@ class LinearAttentionSpec:
         return {"none": 1, "head": self.kv_heads, "one": 1}[self.beta]
 
 
-def linear_attention(spec: LinearAttentionSpec) -> tvm.tirx.PrimFunc:
+def _threads(extent):
+    return T.thread_binding(extent, thread="threadIdx.x")
+
+
+def _built(func, kind: str, **args) -> tvm.tirx.PrimFunc:
+    """``func`` marked opaque (nothing fuses into a scan), with how to build it again for
+    another device (:func:`rebuild`)."""
+    return func.with_attr("op_pattern", 8).with_attr(BUILD_ATTR, json.dumps({"kind": kind, "args": args}))
+
+
+def rebuild(func: tvm.tirx.PrimFunc, gpu: bool) -> tvm.tirx.PrimFunc:
+    """The scan kernel ``func`` built again for the CPU or (``gpu``) for CUDA threads."""
+    built = json.loads(str(func.attrs[BUILD_ATTR]))
+    kind, args = built["kind"], built["args"]
+    if kind == "linear_attention":
+        return linear_attention(LinearAttentionSpec(**args), gpu=gpu)
+    if kind == "selective_scan":
+        return selective_scan(SelectiveScanSpec(**args), gpu=gpu)
+    return diagonal_scan(**args, gpu=gpu)
+
+
+def linear_attention(spec: LinearAttentionSpec, gpu: bool = False) -> tvm.tirx.PrimFunc:
     """The recurrent kernel: ``(query, key, value, past_state, decay, beta) -> (output,
     present_state)``, float32, batch and ``T`` symbolic. Absent optional inputs are passed as
     one-element tensors ``[1, 1, 1(, 1)]`` (the kernel does not read them)."""
     hq, hk, dk, dv, group = spec.q_heads, spec.kv_heads, spec.d_k, spec.d_v, spec.group
+    lanes, scope = (_threads, "local") if gpu else (T.vectorized, "global")
     gated, delta = spec.rule in ("gated", "gated_delta"), spec.rule in ("delta", "gated_delta")
     key_decay, has_past, head_beta = spec.decay == "key", spec.past, spec.beta == "head"
     scale = float(spec.scale)
@@ -103,11 +129,11 @@ def linear_attention(spec: LinearAttentionSpec) -> tvm.tirx.PrimFunc:
                         g[vb, 0:t_, 0:dw_] if gated else g[0, 0, 0], beta[vb, 0:t_, 0:bw_] if delta else beta[0, 0, 0])
                 T.writes(o[vb, 0:t_, vh * g_ * dv_:(vh + 1) * g_ * dv_], state[vb, vh, 0:dk_, 0:dv_])
                 T.sblock_attr({SSM_ATTR: "linear_attention"})
-                e = T.sblock_alloc_buffer((dk_,), "float32")
-                u = T.sblock_alloc_buffer((dv_,), "float32")
-                acc = T.sblock_alloc_buffer((g_, dv_), "float32")
+                e = T.sblock_alloc_buffer((dk_,), "float32", scope=scope)
+                u = T.sblock_alloc_buffer((dv_,), "float32", scope=scope)
+                acc = T.sblock_alloc_buffer((g_, dv_), "float32", scope=scope)
                 for i in range(dk_):
-                    for j in T.vectorized(dv_):
+                    for j in lanes(dv_):
                         if has_past:
                             state[vb, vh, i, j] = past[vb, vh, i, j]
                         else:
@@ -121,30 +147,30 @@ def linear_attention(spec: LinearAttentionSpec) -> tvm.tirx.PrimFunc:
                         for i in range(dk_ - 1):
                             e[i + 1] = e[0]
                     if delta:
-                        for j in T.vectorized(dv_):
+                        for j in lanes(dv_):
                             u[j] = T.float32(0)
                         for i in range(dk_):
-                            for j in T.vectorized(dv_):
+                            for j in lanes(dv_):
                                 u[j] = u[j] + state[vb, vh, i, j] * (e[i] * k[vb, t, vh * dk_ + i])
-                        for j in T.vectorized(dv_):
+                        for j in lanes(dv_):
                             u[j] = beta[vb, t, vh if head_beta else 0] * (v[vb, t, vh * dv_ + j] - u[j])
                     else:
-                        for j in T.vectorized(dv_):
+                        for j in lanes(dv_):
                             u[j] = v[vb, t, vh * dv_ + j]
                     for r in range(g_):
-                        for j in T.vectorized(dv_):
+                        for j in lanes(dv_):
                             acc[r, j] = T.float32(0)
                     for i in range(dk_):
-                        for j in T.vectorized(dv_):
+                        for j in lanes(dv_):
                             state[vb, vh, i, j] = e[i] * state[vb, vh, i, j] + k[vb, t, vh * dk_ + i] * u[j]
                         for r in range(g_):
-                            for j in T.vectorized(dv_):
+                            for j in lanes(dv_):
                                 acc[r, j] = acc[r, j] + q[vb, t, (vh * g_ + r) * dk_ + i] * state[vb, vh, i, j]
                     for r in range(g_):
-                        for j in T.vectorized(dv_):
+                        for j in lanes(dv_):
                             o[vb, t, (vh * g_ + r) * dv_ + j] = acc[r, j] * T.float32(scale)
 
-    return linear_attention.with_attr("op_pattern", 8)  # opaque: nothing fuses into the scan
+    return _built(linear_attention, "linear_attention", **spec.args)
 
 
 def kernel_of(sch) -> tuple | None:
@@ -194,17 +220,20 @@ class SelectiveScanSpec:
         self.channels, self.state = channels, state
         self.skip, self.gate, self.delta_bias, self.initial = skip, gate, delta_bias, initial
         self.delta_softplus = delta_softplus
+        self.args = dict(channels=channels, state=state, skip=skip, gate=gate, delta_bias=delta_bias,
+                         initial=initial, delta_softplus=delta_softplus)
 
 
 BLOCK = 16  # channels a selective-scan block: one 512-bit vector, four NEON registers
 
 
-def selective_scan(spec: SelectiveScanSpec) -> tvm.tirx.PrimFunc:
+def selective_scan(spec: SelectiveScanSpec, gpu: bool = False) -> tvm.tirx.PrimFunc:
     """``(x, delta, A, B, C, D, z, delta_bias, initial_state) -> (y, final_state)``, float32,
     batch and length symbolic; absent optional inputs passed as one-element tensors."""
     d, n = spec.channels, spec.state
     width = BLOCK if d % BLOCK == 0 else 1
     skip, gate, bias, initial, soft = spec.skip, spec.gate, spec.delta_bias, spec.initial, spec.delta_softplus
+    lanes, scope = (_threads, "local") if gpu else (T.vectorized, "global")
     i64 = T.int64
     d_, n_, w_, one = i64(d), i64(n), i64(width), i64(1)
 
@@ -234,20 +263,20 @@ def selective_scan(spec: SelectiveScanSpec) -> tvm.tirx.PrimFunc:
                         init[vb, vd * w_:vd * w_ + w_, 0:n_] if initial else init[0, 0, 0])
                 T.writes(y[vb, 0:t_, vd * w_:vd * w_ + w_], final[vb, vd * w_:vd * w_ + w_, 0:n_])
                 T.sblock_attr({SSM_ATTR: "selective_scan"})
-                h = T.sblock_alloc_buffer((n_, w_), "float32")
-                at = T.sblock_alloc_buffer((n_, w_), "float32")  # A transposed: lanes are channels
-                dt = T.sblock_alloc_buffer((w_,), "float32")
-                dx = T.sblock_alloc_buffer((w_,), "float32")
-                acc = T.sblock_alloc_buffer((w_,), "float32")
+                h = T.sblock_alloc_buffer((n_, w_), "float32", scope=scope)
+                at = T.sblock_alloc_buffer((n_, w_), "float32", scope=scope)  # A transposed: lanes are channels
+                dt = T.sblock_alloc_buffer((w_,), "float32", scope=scope)
+                dx = T.sblock_alloc_buffer((w_,), "float32", scope=scope)
+                acc = T.sblock_alloc_buffer((w_,), "float32", scope=scope)
                 for s in range(n_):
-                    for c in T.vectorized(w_):
+                    for c in lanes(w_):
                         at[s, c] = a[vd * w_ + c, s]
                         if initial:
                             h[s, c] = init[vb, vd * w_ + c, s]
                         else:
                             h[s, c] = T.float32(0)
                 for t in range(t_):
-                    for c in T.vectorized(w_):
+                    for c in lanes(w_):
                         if bias:
                             dt[c] = delta[vb, t, vd * w_ + c] + dbias[vd * w_ + c]
                         else:
@@ -260,23 +289,23 @@ def selective_scan(spec: SelectiveScanSpec) -> tvm.tirx.PrimFunc:
                         else:
                             acc[c] = T.float32(0)
                     for s in range(n_):
-                        for c in T.vectorized(w_):
+                        for c in lanes(w_):
                             h[s, c] = fast_exp(dt[c] * at[s, c]) * h[s, c] + dx[c] * bm[vb, t, s]
                             acc[c] = acc[c] + cm[vb, t, s] * h[s, c]
-                    for c in T.vectorized(w_):
+                    for c in lanes(w_):
                         if gate:
                             y[vb, t, vd * w_ + c] = acc[c] * z[vb, t, vd * w_ + c] / (
                                 T.float32(1) + fast_exp(T.float32(0) - z[vb, t, vd * w_ + c]))
                         else:
                             y[vb, t, vd * w_ + c] = acc[c]
                 for s in range(n_):
-                    for c in T.vectorized(w_):
+                    for c in lanes(w_):
                         final[vb, vd * w_ + c, s] = h[s, c]
 
-    return selective_scan.with_attr("op_pattern", 8)
+    return _built(selective_scan, "selective_scan", **spec.args)
 
 
-def diagonal_scan(channels: int, state: int) -> tvm.tirx.PrimFunc:
+def diagonal_scan(channels: int, state: int, gpu: bool = False) -> tvm.tirx.PrimFunc:
     """``(h0 [D, N], a [L, D, N], b [L, D, N], c [L, N]) -> (h_last [D, N], y [L, D])`` for
     ``h_t = a_t * h_{t-1} + b_t``, ``y_t = h_t @ c_t``: a diagonal linear recurrence as an
     exporter writes Mamba's scan in an ONNX ``Scan`` (:mod:`edgecc.passes.ssm` recognises it).
@@ -289,7 +318,8 @@ def diagonal_scan(channels: int, state: int) -> tvm.tirx.PrimFunc:
     w_ = i64(width)
     # The readout's horizontal sum over N as a tree of vector adds (N a power of 2, up to 256):
     # level k adds the upper half h_k of what is left onto the lower; 0 marks an unused level.
-    tree = state & (state - 1) == 0 and state <= 256
+    tree = state & (state - 1) == 0 and state <= 256 and not gpu
+    chans, lanes, scope = (_threads, T.serial, "local") if gpu else (T.serial, T.vectorized, "global")
     h1, h2, h3, h4, h5, h6, h7, h8 = ([state >> k if tree and state >> k else 0 for k in range(1, 9)])
 
     @T.macro(hygienic=False)
@@ -312,14 +342,14 @@ def diagonal_scan(channels: int, state: int) -> tvm.tirx.PrimFunc:
                         b[0:t_, vd * w_:vd * w_ + w_, 0:n_], c[0:t_, 0:n_])
                 T.writes(last[vd * w_:vd * w_ + w_, 0:n_], y[0:t_, vd * w_:vd * w_ + w_])
                 T.sblock_attr({SSM_ATTR: "diagonal_scan"})
-                h = T.sblock_alloc_buffer((w_, n_), "float32")
-                prod = T.sblock_alloc_buffer((n_,), "float32")
-                for dd in range(w_):
-                    for s in T.vectorized(n_):
+                h = T.sblock_alloc_buffer((w_, n_), "float32", scope=scope)
+                prod = T.sblock_alloc_buffer((n_,), "float32", scope=scope)
+                for dd in chans(w_):
+                    for s in lanes(n_):
                         h[dd, s] = h0[vd * w_ + dd, s]
                 for t in range(t_):
-                    for dd in range(w_):
-                        for s in T.vectorized(n_):
+                    for dd in chans(w_):
+                        for s in lanes(n_):
                             h[dd, s] = a[t, vd * w_ + dd, s] * h[dd, s] + b[t, vd * w_ + dd, s]
                             prod[s] = h[dd, s] * c[t, s]
                         if tree:
@@ -344,8 +374,21 @@ def diagonal_scan(channels: int, state: int) -> tvm.tirx.PrimFunc:
                             y[t, vd * w_ + dd] = T.float32(0)
                             for s in range(n_):
                                 y[t, vd * w_ + dd] = y[t, vd * w_ + dd] + prod[s]
-                for dd in range(w_):
-                    for s in T.vectorized(n_):
+                for dd in chans(w_):
+                    for s in lanes(n_):
                         last[vd * w_ + dd, s] = h[dd, s]
 
-    return diagonal_scan.with_attr("op_pattern", 8)
+    return _built(diagonal_scan, "diagonal_scan", channels=channels, state=state)
+
+
+def schedule_gpu(func: tvm.tirx.PrimFunc) -> tuple[tvm.tirx.PrimFunc, str]:
+    """CUDA: the kernel rebuilt with its lane loops on threads (one thread per state column;
+    selective scan: per channel; diagonal scan: per channel of a block), working arrays in
+    registers, and its (batch, head / channel block) loops fused onto thread blocks."""
+    from tvm.s_tir import Schedule
+
+    sch = Schedule(rebuild(func, gpu=True))
+    block, kind = kernel_of(sch)
+    loops = sch.get_loops(block)
+    sch.bind(sch.fuse(*loops) if len(loops) > 1 else loops[0], "blockIdx.x")
+    return sch.mod["main"], f"scan[{kind}] (CUDA: a thread block per head / channel block)"
