@@ -8,7 +8,7 @@ DEB_PACKAGES := g++-aarch64-linux-gnu g++-riscv64-linux-gnu qemu-user
 DEB_TOOLS := aarch64-linux-gnu-g++ riscv64-linux-gnu-g++ qemu-aarch64 qemu-riscv64
 PYTEST_ARGS ?=
 
-.PHONY: setup deps demo test clean
+.PHONY: setup deps demo demo-hybrid test clean
 
 setup: deps $(VENV)/.installed
 
@@ -28,6 +28,9 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(PY) -m edgecc.demo
+
+demo-hybrid: setup
+	$(PY) -m edgecc.demo hybrid
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS) tests
