@@ -86,6 +86,9 @@ def schedule_cpu(sch: Schedule, lanes: int, partial_tiles: bool = True,
         if done:
             return f"winograd-transform[{transform}]"
     main = cpu.main_reduction(sch)
+    if main is not None and not choices.variant and _takes(cpu.row_fused, sch, lanes):
+        cpu.row_fused(sch, lanes)
+        return "row-fused"
     if main is not None:
         name = sch.get(main).annotations.get("edgecc.kernel") or sch.get(main).name_hint
         done = cpu.tiled_reduction(sch, main, lanes, partial_tiles, choices)
@@ -104,6 +107,14 @@ def schedule_cpu(sch: Schedule, lanes: int, partial_tiles: bool = True,
         cpu.schedule_other_blocks(sch, lanes, [], partial_tiles)
         rule = "injective"
     return rule
+
+
+def _takes(rule, sch: Schedule, *args) -> bool:
+    """Whether ``rule`` applies to the kernel, tried on a copy of its schedule."""
+    try:
+        return bool(rule(sch.copy(), *args))
+    except Exception:  # noqa: BLE001 -- a rule that fails on this kernel does not apply
+        return False
 
 
 def schedule_cpu_func(func: tirx.PrimFunc, lanes: int, partial_tiles: bool = True) -> tuple[tirx.PrimFunc, str]:

@@ -349,3 +349,33 @@ def main_reduction(sch: Schedule):
         return size
 
     return max(reductions, key=work)
+
+
+def row_fused(sch: Schedule, lanes: int) -> bool:
+    """Several reductions over the rows of one output (softmax: a max, then a sum of exps, with
+    the elementwise steps between and after): every block computed a row at a time inside the
+    output's row loop, in parallel over rows, so that the intermediates stay one row long (in
+    L1) instead of whole tensors. Applies when every block iterates the output's rows, its last
+    loop running along the row; returns whether it did."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    kinds = [_iter_kinds(sch, b) for b in blocks]
+    if len(blocks) < 3 or sum(REDUCE in k for k in kinds) < 2 or REDUCE in kinds[-1]:
+        return False
+    out_loops = sch.get_loops(blocks[-1])
+    rows = [_extent(sch, loop) for loop in out_loops[:-1]]
+    if not rows or None in rows or len(out_loops) != len(kinds[-1]):
+        return False
+    for block, block_kinds in zip(blocks, kinds):
+        loops = sch.get_loops(block)
+        if len(loops) != len(out_loops) or len(block_kinds) != len(loops) \
+                or [_extent(sch, loop) for loop in loops[:-1]] != rows or REDUCE in block_kinds[:-1]:
+            return False
+    row = sch.fuse(*out_loops[:-1]) if len(out_loops) > 2 else out_loops[0]
+    for block in reversed(blocks[:-1]):
+        sch.compute_at(block, row)
+    for block, block_kinds in zip(blocks, kinds):
+        if REDUCE not in block_kinds:
+            _vectorize_inner(sch, sch.get_loops(block), lanes)
+    if (_extent(sch, row) or 0) >= 2:
+        sch.parallel(row)
+    return True
