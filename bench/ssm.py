@@ -11,7 +11,8 @@ interleaved in one run, with the machine's copy bandwidth.
    time. Mamba-1's selective scan: ``ai.edgecc::SelectiveScan`` in edgecc against the same
    recurrence written as an ONNX ``Scan`` (``edgecc.ssm.selective_scan_model(as_scan=True)``)
    in ONNX Runtime.
-3. The decode step of the scan: bytes of state it must move (read ``past_state``, write
+3. With ``--chunks``: the ``LinearAttention`` prefill kernel at chunks of 1, 2, 4 and 8 tokens.
+4. The decode step of the scan: bytes of state it must move (read ``past_state``, write
    ``present_state``) over its time, next to a two-thread copy's (read + write) on an array of
    the state's size (cache-resident, as the state is between tokens) and of 1 GiB (memory).
 
@@ -81,6 +82,19 @@ def scans(args) -> None:
         _row(f"SelectiveScan D={channels} N={state} T={steps}", times, "  (ORT: the same recurrence as Scan)")
 
 
+def chunks(args) -> None:
+    """The prefill kernel's chunk (``LinearAttention``'s ``chunk_size``, set on the node) swept."""
+    for rule, hq, hk, dk, dv in (("gated", 16, 16, 64, 64), ("gated", 8, 8, 128, 64), ("linear", 8, 4, 64, 64)):
+        runners = {}
+        for chunk in (1, 2, 4, 8):
+            model = ssm.linear_attention_model(rule, args.steps, hq, hk, dk, dv, chunk_size=chunk)
+            feeds = ssm.linear_attention_inputs(model)
+            runners[chunk] = bundle_runner(edgecc.compile(model, "host"), feeds, args.threads, 3)
+        times = interleaved(runners, args.rounds)
+        print(f"LinearAttention {rule} {hq}/{hk} heads {dk}x{dv} T={args.steps}: "
+              + ", ".join(f"chunk {c} {ms:.3f} ms" for c, ms in times.items()), flush=True)
+
+
 def decode_traffic(args) -> None:
     cfg = hybrid_mamba.Config()
     model = ssm.linear_attention_model("gated", 1, cfg.heads, cfg.heads, cfg.d_state, cfg.head_dim)
@@ -105,10 +119,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=1024)
     parser.add_argument("--skip-model", action="store_true", help="only the scan kernels")
+    parser.add_argument("--chunks", action="store_true", help="also sweep the prefill kernel's chunk")
     args = parser.parse_args()
     if not args.skip_model:
         hybrid(args)
     scans(args)
+    if args.chunks:
+        chunks(args)
     decode_traffic(args)
 
 

@@ -171,10 +171,11 @@ def selective_scan_inputs(model: onnx.ModelProto, seed=0) -> dict[str, np.ndarra
 
 
 def linear_attention_model(rule: str, steps, q_heads: int, kv_heads: int, d_k: int, d_v: int,
-                           past=True, decay="head", beta="head", scale=0.0) -> onnx.ModelProto:
+                           past=True, decay="head", beta="head", scale=0.0, chunk_size=None) -> onnx.ModelProto:
     """One ONNX ``LinearAttention`` (opset 27) over graph inputs ``query``, ``key``,
     ``value`` (and ``past_state``, ``decay``, ``beta`` as the rule needs); ``decay`` is
-    ``head`` ([B, T, H_kv]) or ``key`` ([B, T, H_kv * d_k]), ``beta`` ``head`` or ``one``."""
+    ``head`` ([B, T, H_kv]) or ``key`` ([B, T, H_kv * d_k]), ``beta`` ``head`` or ``one``;
+    ``chunk_size`` set on the node when given."""
     value = helper.make_tensor_value_info
     gated, delta = rule in ("gated", "gated_delta"), rule in ("delta", "gated_delta")
     inputs = [value("query", TensorProto.FLOAT, [1, steps, q_heads * d_k]),
@@ -191,8 +192,9 @@ def linear_attention_model(rule: str, steps, q_heads: int, kv_heads: int, d_k: i
         inputs.append(value("beta", TensorProto.FLOAT, [1, steps, kv_heads if beta == "head" else 1]))
     while names[-1] == "":
         names.pop()
+    extra = {} if chunk_size is None else {"chunk_size": int(chunk_size)}
     node = helper.make_node("LinearAttention", names, ["output", "present_state"], q_num_heads=q_heads,
-                            kv_num_heads=kv_heads, update_rule=rule, scale=float(scale))
+                            kv_num_heads=kv_heads, update_rule=rule, scale=float(scale), **extra)
     outputs = [value("output", TensorProto.FLOAT, [1, steps, q_heads * d_v]),
                value("present_state", TensorProto.FLOAT, [1, kv_heads, d_k, d_v])]
     graph = helper.make_graph([node], f"linear_attention_{rule}", inputs, outputs)

@@ -160,6 +160,8 @@ def ScheduleCPU(preset, tuning=None):  # noqa: N802 (TVM pass naming)
             if tuned is not None:
                 updates[gvar] = tuned
                 continue
+            if ssm.BUILD_ATTR in (func.attrs or {}):
+                func = ssm.specialise(func, lanes)
             try:
                 new, rule = schedule_cpu_func(func, lanes, partial_tiles)
             except Exception as err:  # noqa: BLE001 -- an unscheduled kernel is slow, not wrong

@@ -56,12 +56,13 @@ class LinearAttentionSpec:
     inputs it has and their shapes' last dims."""
 
     def __init__(self, q_heads: int, kv_heads: int, d_k: int, d_v: int, rule: str, scale: float,
-                 decay: str = "none", beta: str = "none", past: bool = False):
+                 decay: str = "none", beta: str = "none", past: bool = False, chunk: int = 0):
         assert rule in RULES and q_heads % kv_heads == 0
         self.q_heads, self.kv_heads, self.d_k, self.d_v = q_heads, kv_heads, d_k, d_v
         self.rule, self.decay, self.beta, self.past = rule, decay, beta, past
+        self.chunk = chunk  # tokens a pass over the state on CPUs; 0: chunk_for's choice
         self.args = dict(q_heads=q_heads, kv_heads=kv_heads, d_k=d_k, d_v=d_v, rule=rule, scale=scale, decay=decay,
-                         beta=beta, past=past)
+                         beta=beta, past=past, chunk=chunk)
         self.scale = scale if scale else 1.0 / math.sqrt(d_k)
         self.group = q_heads // kv_heads
 
@@ -95,19 +96,139 @@ def rebuild(func: tvm.tirx.PrimFunc, gpu: bool) -> tvm.tirx.PrimFunc:
     return diagonal_scan(**args, gpu=gpu)
 
 
-def linear_attention(spec: LinearAttentionSpec, gpu: bool = False) -> tvm.tirx.PrimFunc:
-    """The recurrent kernel: ``(query, key, value, past_state, decay, beta) -> (output,
-    present_state)``, float32, batch and ``T`` symbolic. Absent optional inputs are passed as
-    one-element tensors ``[1, 1, 1(, 1)]`` (the kernel does not read them)."""
+MAX_CHUNK = 8  # a chunk's accumulators (group * C vectors a column block) fit the registers up to here
+
+
+def chunk_for(spec: LinearAttentionSpec, lanes: int) -> int:
+    """The chunk a CPU kernel takes: ``spec.chunk`` when set (``LinearAttention``'s
+    ``chunk_size``, up to :data:`MAX_CHUNK`), else 8 for ``linear`` and per-head ``gated`` with
+    one query head per state (Mamba-2), 1 (token by token) otherwise: the delta rules and
+    per-key decay have no chunked form here, and with GQA the chunk's accumulators crowd the
+    registers (measured on AVX-512: ``bench/ssm.py --chunks``)."""
+    if spec.rule not in ("linear", "gated") or spec.decay == "key" or spec.d_v % lanes:
+        return 1
+    if spec.chunk:
+        return max(1, min(MAX_CHUNK, spec.chunk, MAX_CHUNK * 2 // spec.group))
+    return MAX_CHUNK if spec.group == 1 else 1
+
+
+def linear_attention(spec: LinearAttentionSpec, gpu: bool = False, chunk: int = 1,
+                     width: int = 0) -> tvm.tirx.PrimFunc:
+    """The kernel: ``(query, key, value, past_state, decay, beta) -> (output, present_state)``,
+    float32, batch and ``T`` symbolic. Absent optional inputs are passed as one-element
+    tensors ``[1, 1, 1(, 1)]`` (the kernel does not read them). ``chunk`` > 1 (``linear`` and
+    per-head ``gated`` only) takes ``chunk`` tokens a pass over the state, the chunked form,
+    ``width`` columns of it at a time; the last ``T mod chunk`` tokens go token by token."""
     hq, hk, dk, dv, group = spec.q_heads, spec.kv_heads, spec.d_k, spec.d_v, spec.group
     lanes, scope = (_threads, "local") if gpu else (T.vectorized, "global")
     gated, delta = spec.rule in ("gated", "gated_delta"), spec.rule in ("delta", "gated_delta")
     key_decay, has_past, head_beta = spec.decay == "key", spec.past, spec.beta == "head"
+    assert chunk == 1 or (not delta and not key_decay and not gpu)
+    chunked = chunk > 1
     scale = float(spec.scale)
     i64 = T.int64
     hq_, hk_, dk_, dv_, g_ = i64(hq), i64(hk), i64(dk), i64(dv), i64(group)
-    dw_, bw_ = i64(spec.decay_width), i64(spec.beta_width)
+    dw_, bw_, c_ = i64(spec.decay_width), i64(spec.beta_width), i64(chunk)
+    w_ = i64(width if width and dv % width == 0 else dv)  # chunked: columns a pass (a vector)
     one = i64(1)
+    @T.macro(hygienic=False)
+    def token(t):
+        """One step of the recurrence: decay, (delta: correct the value), update, read."""
+        if gated and key_decay:
+            for i in range(dk_):
+                e[i] = fast_exp(g[vb, t, vh * dk_ + i])
+        else:
+            e[0] = fast_exp(g[vb, t, vh]) if gated else T.float32(1)
+            for i in range(dk_ - 1):
+                e[i + 1] = e[0]
+        if delta:
+            for j in lanes(dv_):
+                u[j] = T.float32(0)
+            for i in range(dk_):
+                for j in lanes(dv_):
+                    u[j] = u[j] + state[vb, vh, i, j] * (e[i] * k[vb, t, vh * dk_ + i])
+            for j in lanes(dv_):
+                u[j] = beta[vb, t, vh if head_beta else 0] * (v[vb, t, vh * dv_ + j] - u[j])
+        else:
+            for j in lanes(dv_):
+                u[j] = v[vb, t, vh * dv_ + j]
+        for r in range(g_):
+            for j in lanes(dv_):
+                acc[r, j] = T.float32(0)
+        for i in range(dk_):
+            for j in lanes(dv_):
+                state[vb, vh, i, j] = e[i] * state[vb, vh, i, j] + k[vb, t, vh * dk_ + i] * u[j]
+            for r in range(g_):
+                for j in lanes(dv_):
+                    acc[r, j] = acc[r, j] + q[vb, t, (vh * g_ + r) * dk_ + i] * state[vb, vh, i, j]
+        for r in range(g_):
+            for j in lanes(dv_):
+                o[vb, t, (vh * g_ + r) * dv_ + j] = acc[r, j] * T.float32(scale)
+
+    @T.macro(hygienic=False)
+    def chunk_of(t0):
+        """``C`` tokens from ``t0``: decays ``a``, their running products ``pre[t] = a_0..a_t`` and
+        ``post[s] = a_{s+1}..a_{C-1}``; then per state row, every token's read of the state as it
+        was before the chunk and the state's one update; then the tokens' reads of each other."""
+        for t in range(c_):
+            a[t] = fast_exp(g[vb, t0 + t, vh]) if gated else T.float32(1)
+        pre[0] = a[0]
+        for t in range(c_ - 1):
+            pre[t + 1] = pre[t] * a[t + 1]
+        post[c_ - 1] = T.float32(1)
+        for t in range(c_ - 1):
+            post[c_ - 2 - t] = post[c_ - 1 - t] * a[c_ - 1 - t]
+        for t, s in T.grid(c_, c_):  # L[t, s]: the decay from token s to token t (0 above the diagonal)
+            if s > t:
+                decay_ts[t, s] = T.float32(0)
+            else:
+                if s == t:
+                    decay_ts[t, s] = T.float32(1)
+                else:
+                    decay_ts[t, s] = decay_ts[t - 1, s] * a[t]
+        for i, s in T.grid(dk_, c_):
+            kt[i, s] = k[vb, t0 + s, vh * dk_ + i]
+        for r, t in T.grid(g_, c_):
+            for s in T.vectorized(c_):
+                coef[r, t, s] = T.float32(0)
+        for i in range(dk_):  # the chunk's query-key products, key index in vector lanes
+            for r in T.unroll(g_):
+                for t in T.unroll(c_):
+                    for s in T.vectorized(c_):
+                        coef[r, t, s] = coef[r, t, s] + q[vb, t0 + t, (vh * g_ + r) * dk_ + i] * kt[i, s]
+        for r, t in T.grid(g_, c_):
+            for s in T.vectorized(c_):
+                coef[r, t, s] = coef[r, t, s] * decay_ts[t, s]
+        for i, r, t in T.grid(dk_, g_, c_):  # queries scaled by the decay since the chunk began
+            qp[i, r, t] = q[vb, t0 + t, (vh * g_ + r) * dk_ + i] * pre[t]
+        for i, t in T.grid(dk_, c_):  # keys by the decay until it ends
+            kp[i, t] = k[vb, t0 + t, vh * dk_ + i] * post[t]
+        for jb in range(dv_ // w_):  # a column block: its accumulators stay in registers
+            for r, t in T.grid(g_, c_):
+                for j in T.vectorized(w_):
+                    acc_c[r, t, j] = T.float32(0)
+            for i in range(dk_):
+                for j in T.vectorized(w_):
+                    old[j] = state[vb, vh, i, jb * w_ + j]
+                for r in T.unroll(g_):
+                    for t in T.unroll(c_):
+                        for j in T.vectorized(w_):
+                            acc_c[r, t, j] = acc_c[r, t, j] + qp[i, r, t] * old[j]
+                for j in T.vectorized(w_):
+                    old[j] = pre[c_ - 1] * old[j]
+                for s in T.unroll(c_):
+                    for j in T.vectorized(w_):
+                        old[j] = old[j] + kp[i, s] * v[vb, t0 + s, vh * dv_ + jb * w_ + j]
+                for j in T.vectorized(w_):
+                    state[vb, vh, i, jb * w_ + j] = old[j]
+            for r in T.unroll(g_):
+                for t in T.unroll(c_):
+                    for s in T.unroll(c_):
+                        for j in T.vectorized(w_):
+                            acc_c[r, t, j] = acc_c[r, t, j] + coef[r, t, s] * v[vb, t0 + s, vh * dv_ + jb * w_ + j]
+            for r, t in T.grid(g_, c_):
+                for j in T.vectorized(w_):
+                    o[vb, t0 + t, (vh * g_ + r) * dv_ + jb * w_ + j] = acc_c[r, t, j] * T.float32(scale)
 
     @T.prim_func(private=True, s_tir=True)
     def linear_attention(q_h: T.handle, k_h: T.handle, v_h: T.handle, past_h: T.handle, g_h: T.handle,
@@ -128,49 +249,49 @@ def linear_attention(spec: LinearAttentionSpec, gpu: bool = False) -> tvm.tirx.P
                         v[vb, 0:t_, vh * dv_:(vh + 1) * dv_], past[vb, vh, 0:dk_, 0:dv_] if has_past else past[0, 0, 0, 0],
                         g[vb, 0:t_, 0:dw_] if gated else g[0, 0, 0], beta[vb, 0:t_, 0:bw_] if delta else beta[0, 0, 0])
                 T.writes(o[vb, 0:t_, vh * g_ * dv_:(vh + 1) * g_ * dv_], state[vb, vh, 0:dk_, 0:dv_])
-                T.sblock_attr({SSM_ATTR: "linear_attention"})
+                # (names the macros use, recorded here so the parser sees them)
+                T.sblock_attr({SSM_ATTR: "linear_attention", "edgecc.scale": scale,
+                               "edgecc.flags": [key_decay, head_beta]})
                 e = T.sblock_alloc_buffer((dk_,), "float32", scope=scope)
                 u = T.sblock_alloc_buffer((dv_,), "float32", scope=scope)
                 acc = T.sblock_alloc_buffer((g_, dv_), "float32", scope=scope)
+                a = T.sblock_alloc_buffer((c_,), "float32", scope=scope)
+                pre = T.sblock_alloc_buffer((c_,), "float32", scope=scope)
+                post = T.sblock_alloc_buffer((c_,), "float32", scope=scope)
+                coef = T.sblock_alloc_buffer((g_, c_, c_), "float32", scope=scope)
+                old = T.sblock_alloc_buffer((w_,), "float32", scope=scope)
+                acc_c = T.sblock_alloc_buffer((g_, c_, w_), "float32", scope=scope)
+                qp = T.sblock_alloc_buffer((dk_, g_, c_), "float32", scope=scope)
+                kt = T.sblock_alloc_buffer((dk_, c_), "float32", scope=scope)
+                decay_ts = T.sblock_alloc_buffer((c_, c_), "float32", scope=scope)
+                kp = T.sblock_alloc_buffer((dk_, c_), "float32", scope=scope)
                 for i in range(dk_):
                     for j in lanes(dv_):
                         if has_past:
                             state[vb, vh, i, j] = past[vb, vh, i, j]
                         else:
                             state[vb, vh, i, j] = T.float32(0)
-                for t in range(t_):
-                    if gated and key_decay:
-                        for i in range(dk_):
-                            e[i] = fast_exp(g[vb, t, vh * dk_ + i])
-                    else:
-                        e[0] = fast_exp(g[vb, t, vh]) if gated else T.float32(1)
-                        for i in range(dk_ - 1):
-                            e[i + 1] = e[0]
-                    if delta:
-                        for j in lanes(dv_):
-                            u[j] = T.float32(0)
-                        for i in range(dk_):
-                            for j in lanes(dv_):
-                                u[j] = u[j] + state[vb, vh, i, j] * (e[i] * k[vb, t, vh * dk_ + i])
-                        for j in lanes(dv_):
-                            u[j] = beta[vb, t, vh if head_beta else 0] * (v[vb, t, vh * dv_ + j] - u[j])
-                    else:
-                        for j in lanes(dv_):
-                            u[j] = v[vb, t, vh * dv_ + j]
-                    for r in range(g_):
-                        for j in lanes(dv_):
-                            acc[r, j] = T.float32(0)
-                    for i in range(dk_):
-                        for j in lanes(dv_):
-                            state[vb, vh, i, j] = e[i] * state[vb, vh, i, j] + k[vb, t, vh * dk_ + i] * u[j]
-                        for r in range(g_):
-                            for j in lanes(dv_):
-                                acc[r, j] = acc[r, j] + q[vb, t, (vh * g_ + r) * dk_ + i] * state[vb, vh, i, j]
-                    for r in range(g_):
-                        for j in lanes(dv_):
-                            o[vb, t, (vh * g_ + r) * dv_ + j] = acc[r, j] * T.float32(scale)
+                if chunked:
+                    for n in range(t_ // c_):
+                        chunk_of(n * c_)
+                    for t in range(t_ - t_ // c_ * c_):
+                        token(t_ // c_ * c_ + t)
+                else:
+                    for t in range(t_):
+                        token(t)
 
     return _built(linear_attention, "linear_attention", **spec.args)
+
+
+def specialise(func: tvm.tirx.PrimFunc, lanes: int) -> tvm.tirx.PrimFunc:
+    """A linear-attention kernel rebuilt in the chunked form that suits ``lanes``-wide vectors
+    (:func:`chunk_for`); other scan kernels as they are."""
+    built = json.loads(str(func.attrs[BUILD_ATTR]))
+    if built["kind"] != "linear_attention":
+        return func
+    spec = LinearAttentionSpec(**built["args"])
+    chunk = chunk_for(spec, lanes)
+    return func if chunk == 1 else linear_attention(spec, chunk=chunk, width=lanes).with_attr("edgecc.chunk", chunk)
 
 
 def kernel_of(sch) -> tuple | None:
@@ -187,7 +308,8 @@ def schedule(sch, block, kind: str) -> str:
     parallel; everything inside is written vectorised already."""
     loops = sch.get_loops(block)
     sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
-    return f"scan[{kind}]"
+    chunk = (sch.mod["main"].attrs or {}).get("edgecc.chunk")
+    return f"scan[{kind}]" + (f" chunks of {int(chunk)}" if chunk else "")
 
 
 def fast_log(x):

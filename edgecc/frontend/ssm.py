@@ -86,8 +86,9 @@ class LinearAttention(OnnxOpConverter):
             beta_kind = "head" if width == hk else "one" if width == 1 else None
             if beta_kind is None:
                 raise ValueError(f"LinearAttention: beta's last dim {width} is neither kv_num_heads ({hk}) nor 1")
+        chunk = int(attr.get("chunk_size", 0))  # set on the node: the kernel's chunk, up to ssm.MAX_CHUNK
         spec = ssm.LinearAttentionSpec(hq, hk, d_k, d_v, rule, float(attr.get("scale", 0.0)), decay_kind,
-                                       beta_kind, past is not None)
+                                       beta_kind, past is not None, chunk if 0 < chunk <= ssm.MAX_CHUNK else 0)
         kernel = bb.add_func(ssm.linear_attention(spec), "linear_attention")
         batch, steps = _dims(query)[0], _dims(query)[1]
         args = [_f32(bb, query), _f32(bb, key), _f32(bb, value),
