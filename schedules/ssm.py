@@ -100,16 +100,15 @@ MAX_CHUNK = 8  # a chunk's accumulators (group * C vectors a column block) fit t
 
 
 def chunk_for(spec: LinearAttentionSpec, lanes: int) -> int:
-    """The chunk a CPU kernel takes: ``spec.chunk`` when set (``LinearAttention``'s
-    ``chunk_size``, up to :data:`MAX_CHUNK`), else 8 for ``linear`` and per-head ``gated`` with
-    one query head per state (Mamba-2), 1 (token by token) otherwise: the delta rules and
-    per-key decay have no chunked form here, and with GQA the chunk's accumulators crowd the
-    registers (measured on AVX-512: ``bench/ssm.py --chunks``)."""
-    if spec.rule not in ("linear", "gated") or spec.decay == "key" or spec.d_v % lanes:
+    """The chunk a CPU kernel takes: ``spec.chunk`` (``LinearAttention``'s ``chunk_size`` when
+    set on the node, up to :data:`MAX_CHUNK`, fewer with GQA so the accumulators fit) for
+    ``linear`` and per-head ``gated``; else 1, token by token. 1 is also the default: with the
+    state in L1 (64 x 64 floats: 16 KiB) the token-by-token kernel measures as fast as chunks
+    of 4 or 8 on AVX-512 (``bench/ssm.py --chunks``), and the delta rules and per-key decay have
+    no chunked form here."""
+    if spec.rule not in ("linear", "gated") or spec.decay == "key" or spec.d_v % lanes or not spec.chunk:
         return 1
-    if spec.chunk:
-        return max(1, min(MAX_CHUNK, spec.chunk, MAX_CHUNK * 2 // spec.group))
-    return MAX_CHUNK if spec.group == 1 else 1
+    return max(1, min(MAX_CHUNK, spec.chunk, MAX_CHUNK * 2 // spec.group))
 
 
 def linear_attention(spec: LinearAttentionSpec, gpu: bool = False, chunk: int = 1,
@@ -199,11 +198,10 @@ def linear_attention(spec: LinearAttentionSpec, gpu: bool = False, chunk: int = 
         for r, t in T.grid(g_, c_):
             for s in T.vectorized(c_):
                 coef[r, t, s] = coef[r, t, s] * decay_ts[t, s]
-        for i, r, t in T.grid(dk_, g_, c_):  # queries scaled by the decay since the chunk began
-            qp[i, r, t] = q[vb, t0 + t, (vh * g_ + r) * dk_ + i] * pre[t]
-        for i, t in T.grid(dk_, c_):  # keys by the decay until it ends
-            kp[i, t] = k[vb, t0 + t, vh * dk_ + i] * post[t]
         for jb in range(dv_ // w_):  # a column block: its accumulators stay in registers
+            for s in range(c_):  # values scaled by their decay until the chunk ends
+                for j in T.vectorized(w_):
+                    vp[s, j] = post[s] * v[vb, t0 + s, vh * dv_ + jb * w_ + j]
             for r, t in T.grid(g_, c_):
                 for j in T.vectorized(w_):
                     acc_c[r, t, j] = T.float32(0)
@@ -213,16 +211,18 @@ def linear_attention(spec: LinearAttentionSpec, gpu: bool = False, chunk: int = 
                 for r in T.unroll(g_):
                     for t in T.unroll(c_):
                         for j in T.vectorized(w_):
-                            acc_c[r, t, j] = acc_c[r, t, j] + qp[i, r, t] * old[j]
+                            acc_c[r, t, j] = acc_c[r, t, j] + q[vb, t0 + t, (vh * g_ + r) * dk_ + i] * old[j]
                 for j in T.vectorized(w_):
                     old[j] = pre[c_ - 1] * old[j]
                 for s in T.unroll(c_):
                     for j in T.vectorized(w_):
-                        old[j] = old[j] + kp[i, s] * v[vb, t0 + s, vh * dv_ + jb * w_ + j]
+                        old[j] = old[j] + k[vb, t0 + s, vh * dk_ + i] * vp[s, j]
                 for j in T.vectorized(w_):
                     state[vb, vh, i, jb * w_ + j] = old[j]
             for r in T.unroll(g_):
                 for t in T.unroll(c_):
+                    for j in T.vectorized(w_):  # the decay since the chunk began, on the old state's part
+                        acc_c[r, t, j] = acc_c[r, t, j] * pre[t]
                     for s in T.unroll(c_):
                         for j in T.vectorized(w_):
                             acc_c[r, t, j] = acc_c[r, t, j] + coef[r, t, s] * v[vb, t0 + s, vh * dv_ + jb * w_ + j]
@@ -261,10 +261,9 @@ def linear_attention(spec: LinearAttentionSpec, gpu: bool = False, chunk: int = 
                 coef = T.sblock_alloc_buffer((g_, c_, c_), "float32", scope=scope)
                 old = T.sblock_alloc_buffer((w_,), "float32", scope=scope)
                 acc_c = T.sblock_alloc_buffer((g_, c_, w_), "float32", scope=scope)
-                qp = T.sblock_alloc_buffer((dk_, g_, c_), "float32", scope=scope)
+                vp = T.sblock_alloc_buffer((c_, w_), "float32", scope=scope)
                 kt = T.sblock_alloc_buffer((dk_, c_), "float32", scope=scope)
                 decay_ts = T.sblock_alloc_buffer((c_, c_), "float32", scope=scope)
-                kp = T.sblock_alloc_buffer((dk_, c_), "float32", scope=scope)
                 for i in range(dk_):
                     for j in lanes(dv_):
                         if has_past:
