@@ -114,7 +114,7 @@ def quantize_int4(model: onnx.ModelProto, group_size: int = DEFAULT_GROUP_SIZE,
     ``int8_activations`` sets their ``accuracy_level`` to 4 (activations may be quantized to
     int8 per group at run time: faster, less exact), else it is left at 0 (float32 math)."""
     check_group_size(group_size)
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    original, model = model, onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     readers: dict[str, int] = {}
@@ -151,7 +151,21 @@ def quantize_int4(model: onnx.ModelProto, group_size: int = DEFAULT_GROUP_SIZE,
         graph.initializer.remove(tensor)
     if done and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    _keep_output_shapes(model, original, [n for n in nodes if n.op_type == "MatMulNBits"])
     return model, done
+
+
+def _keep_output_shapes(model: onnx.ModelProto, original: onnx.ModelProto, nodes) -> None:
+    """Record the shapes ``nodes``' outputs had in ``original`` in ``model``: ONNX's shape
+    inference does not know ``com.microsoft`` ops, and without them the shapes computed
+    downstream (``Shape`` of an attention's query, ...) stay unknown until run time."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(original, strict_mode=False).graph.value_info
+    except Exception:  # noqa: BLE001 -- a model ONNX cannot infer: nothing to keep
+        return
+    known = {v.name for v in model.graph.value_info}
+    wanted = {out for node in nodes for out in node.output} - known
+    model.graph.value_info.extend(v for v in inferred if v.name in wanted)
 
 
 # -- INT8 ---------------------------------------------------------------------------------------

@@ -208,8 +208,13 @@ class Simplifier:
         return len(ttype.tensor_type.shape.dim)
 
     def _infer(self) -> None:
+        # The model's own value_info for outputs of ops ONNX cannot infer (com.microsoft's
+        # MatMulNBits written by edgecc.quantize, ...), so that what follows them is inferred too.
+        produced = {out for node in self.nodes if _domain(node.domain) != "" for out in node.output}
+        hints = [v for v in self.model.graph.value_info if v.name in produced]
         graph = helper.make_graph(self.nodes, self.model.graph.name or "g", list(self.model.graph.input),
-                                  list(self.model.graph.output), initializer=list(self.consts.values()))
+                                  list(self.model.graph.output), initializer=list(self.consts.values()),
+                                  value_info=hints)
         model = helper.make_model(graph, opset_imports=self.model.opset_import,
                                   ir_version=max(self.model.ir_version, 4))
         model.functions.extend(self.model.functions)
