@@ -6,7 +6,7 @@ converters through :mod:`edgecc.frontend.converters` rather than forking TVM's f
 
 from __future__ import annotations
 
-from . import ops, quantized, rnn, ssm, text, vision  # noqa: F401  (register edgecc's converters)
+from . import attention, ops, quantized, rnn, ssm, text, vision  # noqa: F401  (register edgecc's converters)
 from .converters import CONVERTERS, register_converter, supported_ops
 from .loader import ModelInfo, TensorSpec, check_supported, import_onnx, inspect_model, load_onnx
 

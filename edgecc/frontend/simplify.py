@@ -57,12 +57,15 @@ NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "Random
                     "Multinomial", "Bernoulli"}
 
 
-def _prefer_function(node: onnx.NodeProto, rank: int | None) -> bool:
+def _prefer_function(node: onnx.NodeProto, rank: int | None, elem_type: int | None = None) -> bool:
     """Where the converter covers only part of an op, its ONNX function is used instead:
-    TVM's ``Attention`` is ONNX Runtime's contrib op, its ``LayerNormalization`` has no
-    Mean/InvStdDev outputs, its ``RMSNormalization`` only normalises the last axis."""
+    edgecc's ``Attention`` takes the common case (:func:`edgecc.frontend.attention.takes`),
+    TVM's ``LayerNormalization`` has no Mean/InvStdDev outputs, its ``RMSNormalization`` only
+    normalises the last axis."""
     if node.op_type == "Attention":
-        return True
+        from .attention import takes
+
+        return not takes(node, rank, elem_type)
     if node.op_type == "LayerNormalization":
         return sum(bool(o) for o in node.output) > 1
     if node.op_type == "RMSNormalization":
@@ -723,7 +726,9 @@ class Simplifier:
         """The node's ONNX function body, inlined, for ops edgecc has no converter for."""
         key = (_domain(node.domain), node.op_type)
         rank = self._rank(node.input[0]) if node.input else None
-        if key in self.keep_ops and not (key[0] == "" and _prefer_function(node, rank)):
+        ttype = self.types.get(node.input[0]) if node.input else None
+        elem = ttype.tensor_type.elem_type if ttype is not None and ttype.HasField("tensor_type") else None
+        if key in self.keep_ops and not (key[0] == "" and _prefer_function(node, rank, elem)):
             return None
         opset = self.opsets.get(key[0])
         try:
