@@ -97,8 +97,7 @@ def schedule_cpu(sch: Schedule, lanes: int, partial_tiles: bool = True,
         elif choices.variant:
             return None
         else:
-            cpu.row_reduction(sch, main, lanes)
-            rule, done = f"row-reduction[{name}]", [main]
+            rule, done = f"row-reduction[{name}]", cpu.row_reduction(sch, main, lanes)
         cpu.schedule_other_blocks(sch, lanes, done, partial_tiles)
     elif choices.variant:
         return None
@@ -209,6 +208,8 @@ def ScheduleGPU(tuning=None):  # noqa: N802 (TVM pass naming)
                 updates[gvar] = scan.with_attr("tirx.is_scheduled", True).with_attr(RULE_ATTR, rule)
                 continue
             for name, rule in rules:
+                if name == "dlight.Matmul" and _symbolic(func):
+                    continue  # its tiles over a symbolic length allocate symbolic-size local arrays
                 space = rule.apply(func, target, False)
                 if space is None:
                     continue
@@ -221,6 +222,12 @@ def ScheduleGPU(tuning=None):  # noqa: N802 (TVM pass naming)
         return mod
 
     return _pass
+
+
+def _symbolic(func: tirx.PrimFunc) -> bool:
+    """Whether a kernel's buffers have a dimension only known at run time."""
+    return any(not isinstance(dim, tirx.IntImm) for param in func.params
+               if isinstance(param.ty, tirx.BufferType) for dim in param.ty.shape)
 
 
 def schedule_passes(preset, tuning=None) -> list:

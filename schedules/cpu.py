@@ -168,21 +168,37 @@ def _full_reduction(sch: Schedule, block, loops, lanes: int) -> None:
     sch.vectorize(sch.get_loops(partial)[-1])
 
 
-def row_reduction(sch: Schedule, block, lanes: int) -> None:
-    """Reduction along a non-contiguous or innermost axis: parallel over the spatial loops."""
+def row_reduction(sch: Schedule, block, lanes: int) -> list:
+    """Reduction along a non-contiguous or innermost axis: parallel over the spatial loops.
+    Returns the blocks it scheduled (the reduction, and its init block if it split one off)."""
     loops = sch.get_loops(block)
     kinds = _iter_kinds(sch, block)
     if len(loops) != len(kinds):
-        return
+        return [block]
     spatial = [loop for loop, kind in zip(loops, kinds) if kind == DATA_PAR]
     if not spatial and loops:
         _full_reduction(sch, block, loops, lanes)
-        return
+        return [block]
     if not spatial or spatial != loops[: len(spatial)]:
-        return
+        return [block]
+    inner = spatial[-1]
+    width = _extent(sch, inner)
+    if len(spatial) > 1 and len(loops) == len(spatial) + 1 and width and width % lanes == 0 \
+            and width <= 16 * lanes and _extent(sch, loops[-1]) is None:
+        # A reduction over a symbolic length (attention over a KV cache) into rows of whole
+        # vectors: the reduction loop outside the row, the row accumulated as vectors.
+        sch.reorder(loops[-1], inner)
+        _vectorize_tile(sch, inner, None, lanes)
+        outer = sch.fuse(*spatial[:-1]) if len(spatial) > 2 else spatial[0]
+        if (_extent(sch, outer) or 0) >= 2:
+            sch.parallel(outer)
+        init = sch.decompose_reduction(block, loops[-1])
+        _vectorize_tile(sch, sch.get_loops(init)[-1], None, lanes)
+        return [block, init]
     outer = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
     if (_extent(sch, outer) or 0) >= 2:
         sch.parallel(outer)
+    return [block]
 
 
 class Choices:
