@@ -5,7 +5,9 @@ interleaved in one run, with the machine's copy bandwidth.
 
 1. ``examples/hybrid_mamba.py`` (default config: 8 layers, d_model 512, 16 Mamba-2 heads of
    64, d_state 64, attention every 4th layer), the same ONNX files in both: prefill of
-   ``--steps`` tokens, and one decode step after it (KV cache of ``--steps``).
+   ``--steps`` tokens, and one decode step after it (KV cache of ``--steps``); then that
+   decode step built by edgecc with ``--quantize int4`` (4-bit weights, groups of 32) against
+   ONNX Runtime on the fp32 file, with the logits' cosine similarity to fp32.
 2. The scan alone. ``LinearAttention`` (gated, the model's Mamba-2 shape): edgecc's kernel
    against ONNX Runtime 1.32, which runs the op's ONNX function body, an ONNX ``Scan`` over
    time. Mamba-1's selective scan: ``ai.edgecc::SelectiveScan`` in edgecc against the same
@@ -62,6 +64,15 @@ def hybrid(args) -> None:
     decode = hybrid_mamba.build(cfg, decode=True)
     feeds = hybrid_mamba.decode_feeds(states, np.array([[7]], np.int64))
     _row(f"hybrid decode (after {args.steps})", _versus(decode, feeds, args.threads, args.rounds, 20))
+    # The same file built with --quantize int4: a decode step reads every weight once, so its
+    # time is the weights' bytes over memory bandwidth; 4-bit weights are a sixth of them.
+    int4 = edgecc.compile(decode, "host", quantize="int4")
+    session = onnxruntime_session(decode, args.threads)
+    want, got = session.run(None, feeds)[0], int4.run(feeds)["logits"]
+    cosine = float(want.ravel() @ got.ravel() / np.linalg.norm(want) / np.linalg.norm(got))
+    times = interleaved({"edgecc": bundle_runner(int4, feeds, args.threads, 20),
+                         "onnxruntime": session_runner(session, feeds, 20)}, args.rounds)
+    _row("hybrid decode, edgecc --quantize int4", times, f"  (logits cosine vs fp32 {cosine:.4f})")
 
 
 def scans(args) -> None:
