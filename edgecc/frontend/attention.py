@@ -19,7 +19,6 @@ import math
 import onnx
 from tvm import relax, te, tirx
 from tvm.relax.frontend.onnx import onnx_frontend
-from tvm.relax.frontend.onnx.onnx_frontend import OnnxOpConverter
 
 from .converters import register_converter
 
