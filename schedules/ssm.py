@@ -1,5 +1,6 @@
-"""State-space scan kernels: ONNX ``LinearAttention`` (all four update rules) and Mamba-1's
-selective scan, as one fused recurrent kernel each.
+"""State-space scan kernels: ONNX ``LinearAttention`` (all four update rules), Mamba-1's
+selective scan, and the diagonal recurrence :mod:`edgecc.passes.ssm` finds in ``Scan`` loops,
+as one fused kernel each.
 
 ``linear_attention`` keeps the state ``S[b, h]`` (``d_k x d_v``) in its output buffer
 ``present_state`` and updates it in place token by token: per token one pass over the rows
@@ -10,11 +11,13 @@ vector loop) and runs ``(batch, kv head)`` pairs in parallel. Decode (``T = 1``)
 kernel: one read of ``past_state``, one write of ``present_state``, nothing else touches the
 state.
 
-``chunked_linear_attention`` is the prefill form for the ``linear`` and per-head ``gated``
-rules (Mamba-2's SSD): within a chunk of ``C`` tokens the output is matmul-shaped,
-``O = ((Q K^T) * L) V + diag(exp(G)) Q S``, with ``L[t, s] = exp(G_t - G_s)`` for ``s <= t``
-(``G`` the running sum of the decays), and the state moves once a chunk:
-``S <- exp(G_C) S + (K * exp(G_C - G))^T V``. ``C`` is the tunable knob.
+``linear_attention(..., chunk=C)`` is the chunked prefill form for the ``linear`` and
+per-head ``gated`` rules (Mamba-2's SSD): within a chunk of ``C`` tokens the output is
+matmul-shaped, ``O = ((Q K^T) * L) V + diag(pre) Q S``, with ``L[t, s]`` the product of the
+decays after token ``s`` up to ``t`` (0 for ``s > t``) and ``pre[t]`` those since the chunk
+began, and the state moves once a chunk: ``S <- pre[C-1] S + (K * post)^T V``. Products of
+decays only (no divisions), so no over- or underflow. ``C`` comes from the node's
+``chunk_size`` (:func:`chunk_for`).
 
 ``selective_scan`` is Mamba-1's recurrence (:mod:`edgecc.ssm` documents it): per channel a
 diagonal state of ``N`` values; the kernel vectorises over channels, keeps the ``N``
