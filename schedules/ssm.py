@@ -408,7 +408,7 @@ def selective_scan(spec: SelectiveScanSpec, gpu: bool = False) -> tvm.tirx.PrimF
                 dt = T.sblock_alloc_buffer((w_,), "float32", scope=scope)
                 dx = T.sblock_alloc_buffer((w_,), "float32", scope=scope)
                 acc = T.sblock_alloc_buffer((w_,), "float32", scope=scope)
-                for s in range(n_):
+                for s in state_loop(n_):
                     for c in lanes(w_):
                         at[s, c] = a[vd * w_ + c, s] * T.float32(LOG2E)  # exp(dt A) = 2^(dt A log2 e)
                         if initial:
@@ -438,7 +438,7 @@ def selective_scan(spec: SelectiveScanSpec, gpu: bool = False) -> tvm.tirx.PrimF
                                 T.float32(1) + fast_exp(T.float32(0) - z[vb, t, vd * w_ + c]))
                         else:
                             y[vb, t, vd * w_ + c] = acc[c]
-                for s in range(n_):
+                for s in state_loop(n_):
                     for c in lanes(w_):
                         final[vb, vd * w_ + c, s] = h[s, c]
 
