@@ -48,6 +48,15 @@ def _heads_first(bb, x, heads: int | None):
     return bb.emit(relax.op.permute_dims(relax.op.reshape(x, [b, t, heads, int(hd) // heads]), [0, 2, 1, 3]))
 
 
+def _scores(rows: te.Tensor, keys: te.Tensor, scale: float) -> te.Tensor:
+    """``scale * rows @ keys^T`` over ``[B, H, R, D]`` and ``[B, H, S, D]``, reading the keys
+    in place (no transposed copy of a cache)."""
+    d = te.reduce_axis((0, rows.shape[3]), name="d")
+    return te.compute((rows.shape[0], rows.shape[1], rows.shape[2], keys.shape[2]),
+                      lambda b, h, r, s: te.sum(rows[b, h, r, d] * keys[b, h, s, d] * tirx.const(scale, "float32"),
+                                                axis=d), name="scores")
+
+
 def _causal(scores: te.Tensor, steps: int, new_keys: int) -> te.Tensor:
     """Row ``r`` (query ``r mod steps``) sees key ``j`` iff ``j <= r mod steps + past``, the past
     being the cached keys before this call's ``new_keys`` (ONNX aligns the causal mask to the
@@ -83,8 +92,11 @@ class Attention(onnx_frontend.Attention):
         group = hq // hk
         scale = float(attr.get("scale", 0.0)) or 1.0 / math.sqrt(int(depth))
         rows = bb.emit(relax.op.reshape(q4, [batch, hk, group * int(steps), depth]))  # a kv head's queries
-        scores = relax.op.matmul(rows, relax.op.permute_dims(k4, [0, 1, 3, 2]))
-        scores = bb.emit(relax.op.multiply(scores, relax.const(scale, "float32")))
+        if isinstance(_dims(k4)[2], tirx.IntImm):
+            scores = relax.op.matmul(rows, relax.op.permute_dims(k4, [0, 1, 3, 2]))
+            scores = bb.emit(relax.op.multiply(scores, relax.const(scale, "float32")))
+        else:  # a KV cache of run-time length: dot products with the cached keys as they lie
+            scores = bb.emit_te(_scores, rows, k4, scale, primfunc_name_hint="attention_scores")
         if int(attr.get("is_causal", 0)):
             scores = bb.emit_te(_causal, scores, int(steps), new_keys, primfunc_name_hint="causal_mask")
         weights = bb.emit(relax.op.nn.softmax(scores, axis=-1))
