@@ -163,10 +163,73 @@ class _Int8(PyExprMutator):
             return None
         return a, zero
 
+    def _conv_input(self, expr):
+        """``(a, za, layout)`` for a conv's NHWC input ``int32(a) - za``, with ``a`` NHWC, or
+        ``permute_dims(int32(a) - za)`` of an NCHW ``a`` (the layout pass's transpose); else None."""
+        value = self._bound(expr)
+        if op_name(value) == "relax.permute_dims" and value.attrs.axes is not None and \
+                [int(x) for x in value.attrs.axes] == [0, 2, 3, 1]:
+            found = self._activations(value.args[0])
+            return None if found is None else (*found, "NCHW")
+        found = self._activations(expr)
+        return None if found is None else (*found, "NHWC")
+
+    def _conv(self, binding) -> bool:
+        """Rewrite an int32 NHWC conv2d of int8/uint8 activations by a constant weight into the
+        dot-product conv kernel; False where it does not apply."""
+        from edgecc.schedules import int8
+
+        call = binding.value
+        attrs = call.attrs
+        found = self._conv_input(call.args[0])
+        out_shape = static_shape(call)
+        if found is None or out_shape is None or attrs.data_layout != "NHWC" or attrs.out_layout != "NHWC" \
+                or str(attrs.kernel_layout) not in ("OIHW", "OHWI", "HWIO") or str(binding.var.ty.dtype) != "int32":
+            return False
+        weight = self._evaluate(call.args[1])
+        if weight is None or weight.ndim != 4:
+            return False
+        weight = weight.transpose([str(attrs.kernel_layout).index(d) for d in "OIHW"])
+        a, zero, layout = found
+        oc, ch, kh, kw = weight.shape
+        entry = {"layer": binding.var.name, "weight": [oc, ch, kh, kw], "op": "conv2d", "kernel": None}
+        self.report.append(entry)
+        tiles = int8.conv_tile(oc, out_shape[2], self.isa.lanes)
+        packed = int8.pack_conv(weight.astype(np.int32), self.isa.lanes, tiles[0])
+        reason = ("groups" if int(attrs.groups) != 1 else
+                  "dilation" if any(int(d) != 1 for d in attrs.dilation) else
+                  "weights beyond int8 (a weight zero point)" if packed is None else None)
+        if reason is not None:
+            entry["reason"] = reason + ": generic int32 conv"
+            return False
+        func = int8.conv_kernel(tuple(static_shape(a)), layout, str(a.ty.dtype), oc, (kh, kw),
+                                tuple(int(s) for s in attrs.strides), tuple(int(p) for p in attrs.padding),
+                                tuple(out_shape[1:3]), self.isa, *tiles)
+        gvar = self.builder_.add_func(func, f"int8_conv_{self.isa.name}")
+        entry["kernel"], entry["reason"] = gvar.name_hint, f"int8 x int8 dot products ({self.isa.name})"
+        w, cw = packed
+        a_shape = static_shape(a)
+        data = self.visit_expr(a)
+        if layout == "NHWC":  # rows of pixels x channels, as the kernel reads them (a view)
+            data = self.builder_.emit(relax.op.reshape(data, [a_shape[0], a_shape[1], a_shape[2] * a_shape[3]]))
+        rebind(self, binding, relax.call_tir(
+            gvar, [data, self._zero(zero), relax.const(w), relax.const(cw)],
+            relax.TensorType(list(out_shape), "int32")))
+        return True
+
+    def _zero(self, zero):
+        """The activations' zero point as an int32 scalar tensor."""
+        zero = relax.const(np.array(0, np.int32)) if zero is None else self.visit_expr(zero)
+        if static_shape(zero) != ():
+            zero = self.builder_.emit(relax.op.reshape(zero, []))
+        return zero
+
     def visit_var_binding_(self, binding):
         from edgecc.schedules import int8
 
         call = binding.value
+        if op_name(call) == "relax.nn.conv2d" and self._conv(binding):
+            return
         if op_name(call) != "relax.matmul" or str(call.attrs.out_dtype) != "int32":
             super().visit_var_binding_(binding)
             return
@@ -191,12 +254,9 @@ class _Int8(PyExprMutator):
         func = int8.kernel(lead, k, n, str(a.ty.dtype), self.isa, *tiles)
         gvar = self.builder_.add_func(func, f"int8_matmul_{self.isa.name}")
         entry["kernel"], entry["reason"] = gvar.name_hint, f"int8 x int8 dot products ({self.isa.name})"
-        zero = relax.const(np.array(0, np.int32)) if zero is None else self.visit_expr(zero)
-        if static_shape(zero) != ():
-            zero = self.builder_.emit(relax.op.reshape(zero, []))
         w, wz, cw = packed
         rebind(self, binding, relax.call_tir(
-            gvar, [self.visit_expr(a), zero, relax.const(w), relax.const(wz), relax.const(cw)],
+            gvar, [self.visit_expr(a), self._zero(zero), relax.const(w), relax.const(wz), relax.const(cw)],
             relax.TensorType(list(out_shape), "int32")))
 
 

@@ -168,15 +168,18 @@ def kernel(lead: tuple[int, ...], k: int, n: int, a_dtype: str, isa: Isa, c: int
 
 
 def kernel_of(sch: Schedule):
-    """The INT8 matmul block of a (fused) kernel, or None."""
+    """The INT8 matmul or conv block of a (fused) kernel, or None."""
     for block in sch.get_child_blocks(sch.get_sblock("root")):
-        if INT8_ATTR in sch.get(block).annotations:
+        annotations = sch.get(block).annotations
+        if INT8_ATTR in annotations or CONV_ATTR in annotations:
             return block
     return None
 
 
 def schedule(sch: Schedule, block, lanes: int) -> str:
     """Parallel tiles (and prologue rows); the fused epilogue computed per tile, vectorised."""
+    if CONV_ATTR in sch.get(block).annotations:
+        return schedule_conv(sch, block, lanes)
     prologue = next(b for b in sch.get_child_blocks(sch.get_sblock("root"))
                     if PROLOGUE_ATTR in sch.get(b).annotations)
     inline_spatial_blocks(sch, keep=[block, prologue])
@@ -187,3 +190,193 @@ def schedule(sch: Schedule, block, lanes: int) -> str:
         _vectorize_inner(sch, sch.get_loops(consumer)[1:], lanes)
     sch.parallel(tile)
     return "int8-matmul"
+
+
+# -- convolutions -------------------------------------------------------------------------------
+CONV_ATTR = "edgecc.int8_conv"
+MAX_ACCUMULATORS = 24  # vector registers a pixel block keeps (of 32 on AVX-512 / NEON)
+
+
+def conv_tile(oc: int, ow: int, lanes: int) -> tuple[int, int]:
+    """``(C, P)`` for a conv: vectors of output channels a tile (up to 4, dividing the
+    ``ceil(OC / lanes)`` vectors) and output pixels a block (``C * P <= 24`` accumulators)."""
+    vectors = -(-oc // lanes)
+    c = next(c for c in (4, 3, 2, 1) if vectors % c == 0)
+    return c, max(1, min(ow, MAX_ACCUMULATORS // c))
+
+
+def pack_conv(centered_oihw: np.ndarray, lanes: int, c: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(packed, cw)`` from the int32 constant ``W - wz`` ``[OC, C, KH, KW]`` when every value
+    fits int8 (else None).
+
+    The reduction of one kernel row runs over ``r = kx * C + c`` (the order an input row holds
+    those values channels-last), zero-padded to ``R``, a multiple of 4; output channels are
+    zero-padded to ``OCp``, a multiple of ``L``. ``packed`` is int8 ``[OCp / T, KH, R / 4, C,
+    4 * L]``, byte ``4*i + j`` of vector ``v`` holding the weight of output channel
+    ``t*T + v*L + i`` at ``(ky, r = 4*rq + j)``; ``cw[oc]`` is the sum of each output channel's
+    weights (``OCp`` of them)."""
+    oc, ch, kh, kw = centered_oihw.shape
+    if centered_oihw.min(initial=0) < -128 or centered_oihw.max(initial=0) > 127:
+        return None
+    r = -(-kw * ch // 4) * 4
+    ocp = -(-oc // lanes) * lanes
+    tile = c * lanes
+    w = centered_oihw.astype(np.int8).transpose(0, 2, 3, 1).reshape(oc, kh, kw * ch)  # [OC, KH, (kx, c)]
+    w = np.pad(w, ((0, ocp - oc), (0, 0), (0, r - kw * ch)))
+    packed = w.reshape(ocp // tile, c, lanes, kh, r // 4, 4).transpose(0, 3, 4, 1, 2, 5).reshape(
+        ocp // tile, kh, r // 4, c, 4 * lanes)
+    cw = w.reshape(ocp, -1).astype(np.int64).sum(axis=1).astype(np.int32)
+    return np.ascontiguousarray(packed), cw
+
+
+def conv_reads_input(layout: str, a_dtype: str, isa: Isa, ch: int, kernel_hw, pads) -> bool:
+    """Whether the conv kernel reads its NHWC input as it is, without a prologue: no padding,
+    activations already in the instruction's signedness, and whole 4-byte words a kernel row."""
+    offset = (128 if isa.unsigned else 0) - (128 if a_dtype == "uint8" else 0)
+    return layout == "NHWC" and not any(pads) and offset == 0 and (kernel_hw[1] * ch) % 4 == 0
+
+
+def conv_kernel(shape: tuple[int, int, int, int], layout: str, a_dtype: str, oc: int, kernel_hw: tuple[int, int],
+                strides: tuple[int, int], pads: tuple[int, int, int, int], out_hw: tuple[int, int],
+                isa: Isa, c: int, pixels: int) -> tvm.tirx.PrimFunc:
+    """``y[N, OH, OW, OC]`` (int32) = ``conv2d(a - za, W)`` for ``a`` int8/uint8 ``[N, C, H, W]``
+    (``layout`` NCHW) or ``[N, H, W * C]`` (NHWC, each row's pixels and channels flattened),
+    ``za`` an int32 scalar tensor, and the weight packed by :func:`pack_conv`; padding is the
+    zero point, as ONNX Runtime pads.
+
+    A prologue writes ``a' = a + offset`` as rows ``[N, Hp, Wp * C + 4]`` (channels-last,
+    spatially padded with ``za'``, 4 bytes of slack a row); where the input already is that
+    (:func:`conv_reads_input`), the kernel reads it directly. Then in parallel over (tile, image,
+    output row), per block of up to ``pixels`` output pixels, ``C`` accumulators a pixel stay in
+    registers across the window, each kernel row one run of ``R`` contiguous bytes, and ``za' *
+    cw`` is subtracted once at the end: ``sum (a' - za') w = sum a' w - za' * cw`` (padding holds
+    ``za'``, so it adds nothing; the bytes past ``KW * C`` meet zero weights)."""
+    lanes = isa.lanes
+    tile = c * lanes
+    n, ch, h, w = shape if layout == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
+    kh, kw = kernel_hw
+    sh, sw = strides
+    pt, pl, pb, pr = pads
+    oh, ow = out_hw
+    rq = -(-kw * ch // 4)
+    hp, wp = h + pt + pb, w + pl + pr
+    ocp = -(-oc // lanes) * lanes  # the last tile's channels past OC are computed, not stored
+    assert ocp % tile == 0 and pixels * c <= MAX_ACCUMULATORS
+    direct = conv_reads_input(layout, a_dtype, isa, ch, kernel_hw, pads)
+    full, rest = divmod(ow, pixels)
+    offset = (128 if isa.unsigned else 0) - (128 if a_dtype == "uint8" else 0)  # a' = a + offset
+    adt = "uint8" if isa.unsigned else "int8"
+    vbytes, vacc = f"int8x{4 * lanes}", f"int32x{lanes}"
+    i64 = T.int64
+    n_, ch_, h_, w_, oc_ = i64(n), i64(ch), i64(h), i64(w), i64(oc)
+    kh_, rq_, hp_, oh_, ow_ = i64(kh), i64(rq), i64(hp), i64(oh), i64(ow)
+    row_ = i64(w * ch if direct else wp * ch + 4)
+    nt_, tile_, c_, p_, l_ = i64(ocp // tile), i64(tile), i64(c), i64(pixels), i64(lanes)
+    ragged = ocp != oc
+    a_shape = (n_, ch_, h_, w_) if layout == "NCHW" else (n_, h_, i64(w * ch))
+    # The accumulators live in two buffers, each small enough to be a stack array LLVM keeps in
+    # registers (a larger one would be a heap workspace it cannot promote).
+    half = min(pixels, (MAX_STACK_BYTES - 1) // (c * lanes * 4))
+    assert (pixels - half) * c * lanes * 4 < MAX_STACK_BYTES
+    pa_, pb_ = i64(half), i64(max(pixels - half, 1))
+
+    def a_at(b, k, y, x):
+        return (b, k, y, x) if layout == "NCHW" else (b, y, x * ch_ + k)
+
+    @T.macro
+    def accumulate(ap, packed, accs, vt, vb, vy, ky, q, first, count):
+        for p in T.unroll(count):
+            for v in T.unroll(c_):
+                accs[p, v, T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
+                    vacc, isa.intrinsic, accs[p, v, T.ramp(0, 1, lanes)],
+                    T.reinterpret(vbytes, T.broadcast(T.reinterpret(
+                        "int32", ap[vb, vy * sh + ky, T.ramp((first + p) * (sw * ch) + q * 4, 1, 4)]), lanes)),
+                    T.reinterpret(vbytes, packed[vt, ky, q, v, T.ramp(0, 1, 4 * lanes)]))
+
+    @T.macro
+    def finish(za, cw, y, accs, vt, vb, vy, first, count):
+        for p in T.unroll(count):
+            for v in T.unroll(c_):
+                if ragged:
+                    for lane in range(l_):
+                        if vt * tile_ + v * l_ + lane < oc_:
+                            y[vb, vy, first + p, vt * tile_ + v * l_ + lane] = (
+                                accs[p, v, lane] - (za[()] + offset) * cw[vt * tile_ + v * l_ + lane])
+                else:
+                    for lane in T.vectorized(l_):
+                        y[vb, vy, first + p, vt * tile_ + v * l_ + lane] = (
+                            accs[p, v, lane] - (za[()] + offset) * cw[vt * tile_ + v * l_ + lane])
+
+    @T.macro
+    def pixel_block(ap, za, packed, cw, y, acc_a, acc_b, vt, vb, vy, first, count_a, count_b):
+        for p in T.unroll(count_a):
+            for v in T.unroll(c_):
+                acc_a[p, v, T.ramp(0, 1, lanes)] = T.broadcast(T.int32(0), lanes)
+        for p in T.unroll(count_b):
+            for v in T.unroll(c_):
+                acc_b[p, v, T.ramp(0, 1, lanes)] = T.broadcast(T.int32(0), lanes)
+        for ky in range(kh_):
+            for q in range(rq_):
+                accumulate(ap, packed, acc_a, vt, vb, vy, ky, q, first, count_a)
+                accumulate(ap, packed, acc_b, vt, vb, vy, ky, q, first + count_a, count_b)
+        finish(za, cw, y, acc_a, vt, vb, vy, first, count_a)
+        finish(za, cw, y, acc_b, vt, vb, vy, first + count_a, count_b)
+
+    @T.macro
+    def rows(ap, za, packed, cw, y):
+        for t, b, yy in T.grid(nt_, n_, oh_):
+            with T.sblock("int8_conv"):
+                vt, vb, vy = T.axis.remap("SSS", [t, b, yy])
+                T.reads(ap[vb, vy * sh:vy * sh + kh_, 0:row_], za[()],
+                        packed[vt, 0:kh_, 0:rq_, 0:c_, 0:4 * l_], cw[vt * tile_:vt * tile_ + tile_])
+                T.writes(y[vb, vy, 0:ow_, vt * tile_:vt * tile_ + tile_])
+                T.sblock_attr({CONV_ATTR: 1, "edgecc.isa": isa.intrinsic, "edgecc.lanes": lanes})
+                acc_a = T.sblock_alloc_buffer((pa_, c_, l_), "int32")
+                acc_b = T.sblock_alloc_buffer((pb_, c_, l_), "int32")
+                for i0 in range(i64(full)):
+                    pixel_block(ap, za, packed, cw, y, acc_a, acc_b, vt, vb, vy, i0 * p_, pa_, i64(pixels - half))
+                if rest > 0:
+                    pixel_block(ap, za, packed, cw, y, acc_a, acc_b, vt, vb, vy, i64(full * pixels),
+                                i64(min(rest, half)), i64(max(rest - half, 0)))
+
+    @T.prim_func(private=True, s_tir=True)
+    def int8_conv(a: T.Buffer(a_shape, a_dtype), za: T.Buffer((), "int32"),
+                  packed: T.Buffer((nt_, kh_, rq_, c_, 4 * l_), "int8"), cw: T.Buffer((i64(ocp),), "int32"),
+                  y: T.Buffer((n_, oh_, ow_, oc_), "int32")):
+        if direct:
+            rows(a, za, packed, cw, y)
+        else:
+            ap = T.alloc_buffer((n_, hp_, row_), adt)
+            for b, yy in T.grid(n_, hp_):
+                with T.sblock("int8_prologue"):
+                    vb0, vyy = T.axis.remap("SS", [b, yy])
+                    T.reads(a[a_at(vb0, slice(0, ch_), slice(0, h_), slice(0, w_))] if layout == "NCHW"
+                            else a[vb0, 0:h_, 0:w_ * ch_], za[()])
+                    T.writes(ap[vb0, vyy, 0:row_])
+                    T.sblock_attr({PROLOGUE_ATTR: 1})
+                    for xx, k in T.grid(i64(wp), ch_):
+                        ap[vb0, vyy, xx * ch_ + k] = T.Cast(adt, T.if_then_else(
+                            vyy < pt or vyy >= pt + h_ or xx < pl or xx >= pl + w_, za[()] + offset,
+                            T.Cast("int32", a[a_at(vb0, k, T.max(T.min(vyy - pt, h_ - 1), 0),
+                                                   T.max(T.min(xx - pl, w_ - 1), 0))]) + offset))
+                    for xx in range(4):
+                        ap[vb0, vyy, i64(wp * ch) + xx] = T.Cast(adt, za[()] + offset)
+            rows(ap, za, packed, cw, y)
+
+    return int8_conv.with_attr("op_pattern", 4)
+
+
+def schedule_conv(sch: Schedule, block, lanes: int) -> str:
+    """Parallel (tile, image, row) tasks and prologue rows; the fused epilogue computed per row."""
+    prologue = next((b for b in sch.get_child_blocks(sch.get_sblock("root"))
+                     if PROLOGUE_ATTR in sch.get(b).annotations), None)
+    inline_spatial_blocks(sch, keep=[block] + ([prologue] if prologue is not None else []))
+    if prologue is not None:
+        loops = sch.get_loops(prologue)
+        sch.parallel(sch.fuse(*loops[:2]))
+    t, b, row = sch.get_loops(block)
+    for consumer in sch.get_consumers(block):
+        sch.reverse_compute_at(consumer, row)
+        _vectorize_inner(sch, sch.get_loops(consumer)[3:], lanes)
+    sch.parallel(sch.fuse(t, b, row))
+    return "int8-conv"
