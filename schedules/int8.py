@@ -198,11 +198,17 @@ MAX_ACCUMULATORS = 24  # vector registers a pixel block keeps (of 32 on AVX-512 
 
 
 def conv_tile(oc: int, ow: int, lanes: int) -> tuple[int, int]:
-    """``(C, P)`` for a conv: vectors of output channels a tile (up to 4, dividing the
-    ``ceil(OC / lanes)`` vectors) and output pixels a block (``C * P <= 24`` accumulators)."""
+    """``(C, P)`` for a conv: vectors of output channels a tile (up to 4) and output pixels a
+    block (``C * P <= 24`` accumulators). ``C`` divides ``OC / lanes`` when that is whole; a
+    ragged ``OC`` is padded to whole tiles of 4 vectors anyway (see :func:`padded_channels`)."""
     vectors = -(-oc // lanes)
-    c = next(c for c in (4, 3, 2, 1) if vectors % c == 0)
+    c = min(vectors, 4) if oc % lanes else next(c for c in (4, 3, 2, 1) if vectors % c == 0)
     return c, max(1, min(ow, MAX_ACCUMULATORS // c))
+
+
+def padded_channels(oc: int, lanes: int, c: int) -> int:
+    """``OCp``: output channels rounded up to whole tiles of ``C`` vectors."""
+    return -(-oc // (c * lanes)) * c * lanes
 
 
 def pack_conv(centered_oihw: np.ndarray, lanes: int, c: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -211,7 +217,7 @@ def pack_conv(centered_oihw: np.ndarray, lanes: int, c: int) -> tuple[np.ndarray
 
     The reduction of one kernel row runs over ``r = kx * C + c`` (the order an input row holds
     those values channels-last), zero-padded to ``R``, a multiple of 4; output channels are
-    zero-padded to ``OCp``, a multiple of ``L``. ``packed`` is int8 ``[OCp / T, KH, R / 4, C,
+    zero-padded to ``OCp`` (:func:`padded_channels`). ``packed`` is int8 ``[OCp / T, KH, R / 4, C,
     4 * L]``, byte ``4*i + j`` of vector ``v`` holding the weight of output channel
     ``t*T + v*L + i`` at ``(ky, r = 4*rq + j)``; ``cw[oc]`` is the sum of each output channel's
     weights (``OCp`` of them)."""
@@ -219,7 +225,7 @@ def pack_conv(centered_oihw: np.ndarray, lanes: int, c: int) -> tuple[np.ndarray
     if centered_oihw.min(initial=0) < -128 or centered_oihw.max(initial=0) > 127:
         return None
     r = -(-kw * ch // 4) * 4
-    ocp = -(-oc // lanes) * lanes
+    ocp = padded_channels(oc, lanes, c)
     tile = c * lanes
     w = centered_oihw.astype(np.int8).transpose(0, 2, 3, 1).reshape(oc, kh, kw * ch)  # [OC, KH, (kx, c)]
     w = np.pad(w, ((0, ocp - oc), (0, 0), (0, r - kw * ch)))
@@ -260,7 +266,7 @@ def conv_kernel(shape: tuple[int, int, int, int], layout: str, a_dtype: str, oc:
     oh, ow = out_hw
     rq = -(-kw * ch // 4)
     hp, wp = h + pt + pb, w + pl + pr
-    ocp = -(-oc // lanes) * lanes  # the last tile's channels past OC are computed, not stored
+    ocp = padded_channels(oc, lanes, c)  # the last tile's channels past OC are computed, not stored
     assert ocp % tile == 0 and pixels * c <= MAX_ACCUMULATORS
     direct = conv_reads_input(layout, a_dtype, isa, ch, kernel_hw, pads)
     full, rest = divmod(ow, pixels)

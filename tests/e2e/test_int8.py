@@ -218,3 +218,120 @@ def test_bad_calibration_is_one_line(tmp_path, setup, args, message):
     result = run_cli("build", tmp_path / "ffn.onnx", *[a.format(calib=calib) for a in args], "-o", tmp_path / "out")
     assert result.returncode != 0 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+# -- INT8 convolutions ------------------------------------------------------------------------
+def _qlinear_convs(c=8, h=12, layers=((16, 3, 1, 1), (24, 1, 1, 0), (40, 3, 2, 1)), signed=False, seed=0):
+    """A chain of QLinearConvs ``(out channels, kernel, stride, pad)`` with int32 biases (the
+    second conv on reads the first's channels-last output, uint8 or int8 throughout)."""
+    rng = np.random.default_rng(seed)
+    dtype, low, high = (np.int8, -128, 128) if signed else (np.uint8, 0, 256)
+    proto = onnx.TensorProto.INT8 if signed else onnx.TensorProto.UINT8
+    inits, nodes, x, channels = [], [], "x", c
+
+    def const(name, value):
+        inits.append(onnx.numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    for i, (oc, k, s, p) in enumerate(layers):
+        w = rng.integers(-127, 128, (oc, channels, k, k)).astype(np.int8)
+        names = [x, const(f"xs{i}", np.float32(0.05)), const(f"xz{i}", np.array(rng.integers(low, high), dtype)),
+                 const(f"w{i}", w), const(f"ws{i}", (rng.random(oc) * 0.004 + 0.001).astype(np.float32)),
+                 const(f"wz{i}", np.zeros(oc, np.int8)), const(f"ys{i}", np.float32(0.05 * 8)),
+                 const(f"yz{i}", np.array(rng.integers(low, high), dtype)),
+                 const(f"b{i}", rng.integers(-2000, 2000, oc).astype(np.int32))]
+        nodes.append(onnx.helper.make_node("QLinearConv", names, [f"y{i}"], kernel_shape=[k, k], strides=[s, s],
+                                           pads=[p] * 4))
+        x, channels = f"y{i}", oc
+    graph = onnx.helper.make_graph(nodes, "qconvs", [onnx.helper.make_tensor_value_info("x", proto, [1, c, h, h])],
+                                   [onnx.helper.make_tensor_value_info(x, proto, None)], inits)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+
+
+def _fire_net(seed=0):
+    """A SqueezeNet-style float network: a 3-channel stride-2 stem, max pooling, a fire module
+    (1x1 squeeze, 1x1 and 3x3 expands concatenated), a 1x1 classifier conv to 10 classes
+    (not a multiple of the SIMD width) and global average pooling."""
+    rng = np.random.default_rng(seed)
+    inits, nodes = [], []
+
+    def conv(x, name, c_in, c_out, k, stride=1, relu=True):
+        w = onnx.numpy_helper.from_array((rng.standard_normal((c_out, c_in, k, k)) * np.sqrt(2 / (c_in * k * k)))
+                                         .astype(np.float32), f"{name}.w")
+        b = onnx.numpy_helper.from_array((rng.standard_normal(c_out) * 0.1).astype(np.float32), f"{name}.b")
+        inits.extend([w, b])
+        nodes.append(onnx.helper.make_node("Conv", [x, w.name, b.name], [f"{name}.conv"], kernel_shape=[k, k],
+                                           strides=[stride, stride], pads=[k // 2] * 4))
+        if not relu:
+            return f"{name}.conv"
+        nodes.append(onnx.helper.make_node("Relu", [f"{name}.conv"], [f"{name}.out"]))
+        return f"{name}.out"
+
+    x = conv("x", "stem", 3, 32, 3, 2)
+    nodes.append(onnx.helper.make_node("MaxPool", [x], ["pool"], kernel_shape=[3, 3], strides=[2, 2]))
+    squeeze = conv("pool", "squeeze", 32, 16, 1)
+    nodes.append(onnx.helper.make_node("Concat", [conv(squeeze, "e1", 16, 32, 1), conv(squeeze, "e3", 16, 32, 3)],
+                                       ["fire"], axis=1))
+    logits = conv("fire", "classifier", 64, 10, 1, relu=False)
+    nodes.append(onnx.helper.make_node("GlobalAveragePool", [logits], ["y"]))
+    graph = onnx.helper.make_graph(nodes, "fire", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                                                      [1, 3, 32, 32])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 10, 1, 1])],
+                                   inits)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+
+
+def _conv_kernels(bundle):
+    return [layer["kernel"] for layer in bundle.manifest["quantization"]["int8_layers"] if layer.get("op") == "conv2d"]
+
+
+def _image(model, dtype, seed=1):
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    info = np.iinfo(dtype)
+    return {"x": np.random.default_rng(seed).integers(info.min, info.max + 1, shape).astype(dtype)}
+
+
+@needs_vnni
+@pytest.mark.parametrize("signed", [False, True])
+def test_qlinear_convs_run_vnni_and_equal_onnxruntime(signed):
+    """3x3 padded, 1x1 read in place (channels-last), strided, a ragged channel count (40):
+    the integer results are exact, so the requantized outputs equal ONNX Runtime's."""
+    model = _qlinear_convs(signed=signed)
+    bundle = edgecc.compile(model, "host")
+    assert _conv_kernels(bundle) == ["int8_conv_vnni", "int8_conv_vnni1", "int8_conv_vnni2"], _conv_kernels(bundle)
+    inputs = _image(model, np.int8 if signed else np.uint8)
+    np.testing.assert_array_equal(_output(bundle, inputs), _reference(model, inputs))
+
+
+def _static_convnet(tmp_path):
+    return _static(_fire_net(), tmp_path, QuantFormat.QDQ, QuantType.QUInt8, True)
+
+
+@needs_vnni
+def test_qdq_convnet_runs_int8_convs_within_one_step(tmp_path):
+    """quantize_static's QDQ convs (per-channel weights, int32 biases) fuse to QLinearConv and
+    run as VNNI kernels; max pooling and the concat run on the quantized values."""
+    model = _static_convnet(tmp_path)
+    bundle = edgecc.compile(model, "host")
+    assert len(_conv_kernels(bundle)) == 5 and all(_conv_kernels(bundle)), bundle.manifest["quantization"]
+    inputs = sample_inputs(model)
+    got, want = _output(bundle, inputs), _reference(model, inputs)
+    assert np.abs(got - want).max() <= _output_step(model) * 1.001, (np.abs(got - want).max(), _output_step(model))
+    assert _cosine(got, _reference(_fire_net(), inputs)) > 0.99
+    code = subprocess.run(["objdump", "-d", str(bundle.path / "model.so")], capture_output=True, text=True).stdout
+    assert "vpdpbusd" in code
+
+
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-objdump") is None, reason="no aarch64 binutils")
+def test_arm_a76_convs_use_sdot_and_match_under_qemu(tmp_path):
+    model = _static_convnet(tmp_path)
+    bundle = edgecc.compile(model, "arm-a76")
+    assert all(k and k.startswith("int8_conv_sdot") for k in _conv_kernels(bundle)), _conv_kernels(bundle)
+    code = subprocess.run(["aarch64-linux-gnu-objdump", "-d", str(bundle.path / "model.so")],
+                          capture_output=True, text=True).stdout
+    assert "sdot" in code
+    inputs = sample_inputs(model)
+    assert np.abs(_output(bundle, inputs) - _reference(model, inputs)).max() <= _output_step(model) * 1.001
+    qconvs = _qlinear_convs()
+    images = _image(qconvs, np.uint8)
+    np.testing.assert_array_equal(_output(edgecc.compile(qconvs, "arm-a76"), images), _reference(qconvs, images))
