@@ -208,12 +208,8 @@ class _Int8(PyExprMutator):
         gvar = self.builder_.add_func(func, f"int8_conv_{self.isa.name}")
         entry["kernel"], entry["reason"] = gvar.name_hint, f"int8 x int8 dot products ({self.isa.name})"
         w, cw = packed
-        a_shape = static_shape(a)
-        data = self.visit_expr(a)
-        if layout == "NHWC":  # rows of pixels x channels, as the kernel reads them (a view)
-            data = self.builder_.emit(relax.op.reshape(data, [a_shape[0], a_shape[1], a_shape[2] * a_shape[3]]))
         rebind(self, binding, relax.call_tir(
-            gvar, [data, self._zero(zero), relax.const(w), relax.const(cw)],
+            gvar, [self.visit_expr(a), self._zero(zero), relax.const(w), relax.const(cw)],
             relax.TensorType(list(out_shape), "int32")))
         return True
 

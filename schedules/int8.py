@@ -246,7 +246,7 @@ def conv_kernel(shape: tuple[int, int, int, int], layout: str, a_dtype: str, oc:
                 strides: tuple[int, int], pads: tuple[int, int, int, int], out_hw: tuple[int, int],
                 isa: Isa, c: int, pixels: int) -> tvm.tirx.PrimFunc:
     """``y[N, OH, OW, OC]`` (int32) = ``conv2d(a - za, W)`` for ``a`` int8/uint8 ``[N, C, H, W]``
-    (``layout`` NCHW) or ``[N, H, W * C]`` (NHWC, each row's pixels and channels flattened),
+    (``layout`` NCHW) or ``[N, H, W, C]`` (NHWC; the kernel reads each row of pixels and channels flat),
     ``za`` an int32 scalar tensor, and the weight packed by :func:`pack_conv`; padding is the
     zero point, as ONNX Runtime pads.
 
@@ -279,7 +279,7 @@ def conv_kernel(shape: tuple[int, int, int, int], layout: str, a_dtype: str, oc:
     row_ = i64(w * ch if direct else wp * ch + 4)
     nt_, tile_, c_, p_, l_ = i64(ocp // tile), i64(tile), i64(c), i64(pixels), i64(lanes)
     ragged = ocp != oc
-    a_shape = (n_, ch_, h_, w_) if layout == "NCHW" else (n_, h_, i64(w * ch))
+    a_shape = (n_, ch_, h_, w_) if layout == "NCHW" else (n_, h_, w_, ch_)
     # The accumulators live in two buffers, each small enough to be a stack array LLVM keeps in
     # registers (a larger one would be a heap workspace it cannot promote).
     half = min(pixels, (MAX_STACK_BYTES - 1) // (c * lanes * 4))
@@ -287,7 +287,7 @@ def conv_kernel(shape: tuple[int, int, int, int], layout: str, a_dtype: str, oc:
     pa_, pb_ = i64(half), i64(max(pixels - half, 1))
 
     def a_at(b, k, y, x):
-        return (b, k, y, x) if layout == "NCHW" else (b, y, x * ch_ + k)
+        return (b, k, y, x) if layout == "NCHW" else (b, y, x, k)
 
     @T.macro
     def accumulate(ap, packed, accs, vt, vb, vy, ky, q, first, count):
@@ -350,14 +350,15 @@ def conv_kernel(shape: tuple[int, int, int, int], layout: str, a_dtype: str, oc:
                   packed: T.Buffer((nt_, kh_, rq_, c_, 4 * l_), "int8"), cw: T.Buffer((i64(ocp),), "int32"),
                   y: T.Buffer((n_, oh_, ow_, oc_), "int32")):
         if direct:
-            rows(a, za, packed, cw, y)
+            a_rows = T.decl_buffer((n_, h_, w_ * ch_), a_dtype, data=a.data)  # the same bytes, rows flat
+            rows(a_rows, za, packed, cw, y)
         else:
             ap = T.alloc_buffer((n_, hp_, row_), adt)
             for b, yy in T.grid(n_, hp_):
                 with T.sblock("int8_prologue"):
                     vb0, vyy = T.axis.remap("SS", [b, yy])
                     T.reads(a[a_at(vb0, slice(0, ch_), slice(0, h_), slice(0, w_))] if layout == "NCHW"
-                            else a[vb0, 0:h_, 0:w_ * ch_], za[()])
+                            else a[vb0, 0:h_, 0:w_, 0:ch_], za[()])
                     T.writes(ap[vb0, vyy, 0:row_])
                     T.sblock_attr({PROLOGUE_ATTR: 1})
                     for xx, k in T.grid(i64(wp), ch_):
