@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 
+import tvm
 from tvm import tirx
 from tvm.s_tir import Schedule
 
@@ -135,11 +136,55 @@ def _vectorize_inner(sch: Schedule, loops, lanes: int) -> None:
     sch.vectorize(inner)
 
 
+def _widest_bits(sch: Schedule, block) -> int:
+    """The widest element type a block reads or writes, in bits (32 at least): a block moving
+    only bytes fills a vector with four times the float32 lanes."""
+    node = sch.get(block)
+    widest = max([region.source.dtype.bits for region in list(node.reads) + list(node.writes)] or [32])
+    return min(max(widest, 8), 32)
+
+
+def _concat_bounds(sch: Schedule, block) -> list[int] | None:
+    """Where a concatenation along the innermost axis switches inputs (the constants its
+    selects compare that axis with), or None for any other block."""
+    node = sch.get(block)
+    if not node.name_hint.startswith("T_concat") or not node.iter_vars:
+        return None
+    inner = node.iter_vars[-1].var
+    bounds = set()
+
+    def visit(expr):  # the selects nest, conditions first
+        if isinstance(expr, (tirx.LE, tirx.LT)) and isinstance(expr.a, tirx.IntImm) and expr.b.same_as(inner):
+            bounds.add(int(expr.a.value) + (1 if isinstance(expr, tirx.LT) else 0))
+        elif isinstance(expr, tvm.ir.expr.Call) and expr.op.same_as(tvm.ir.Op.get("prim.if_then_else")):
+            for arg in expr.args:
+                visit(arg)
+
+    if not isinstance(node.body, tirx.BufferStore):
+        return None
+    visit(node.body.value)
+    return sorted(bounds) or None
+
+
 def injective(sch: Schedule, block, lanes: int, partial_tiles: bool = True) -> None:
     """Elementwise/layout block: fuse the outer loops in parallel, vectorise the innermost
-    (not a select such as padding's where ``partial_tiles`` is off: RVV lowering rejects it)."""
+    (not a select such as padding's where ``partial_tiles`` is off: RVV lowering rejects it).
+    A concatenation along the innermost axis is split there into one plain copy loop per input."""
     loops = sch.get_loops(block)
     if not loops:
+        return
+    bounds = _concat_bounds(sch, block)
+    extent = _extent(sch, loops[-1])
+    if bounds is not None and extent is not None and len(loops) > 1 and bounds[-1] < extent and partial_tiles:
+        vector = lanes * 32 // _widest_bits(sch, block)
+        outer = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+        edges = [0] + bounds + [extent]
+        parts = sch.loop_partition(loops[-1], [b - a for a, b in zip(edges, edges[1:-1])] + [None])
+        for part, width in zip(parts, (b - a for a, b in zip(edges, edges[1:]))):
+            if width <= 4 * vector:  # (a loop not starting at 0 cannot be split: whole, or LLVM's)
+                sch.vectorize(part)
+        if (_extent(sch, outer) or 0) * extent >= PARALLEL_MIN_ELEMENTS:
+            sch.parallel(outer)
         return
     extents = [_extent(sch, loop) for loop in loops]
     if None in extents:
