@@ -21,15 +21,16 @@ INT8 (:func:`quantize_int8`): static quantization, written as QDQ (``QuantizeLin
 - weights of ``MatMul``, ``Gemm`` and ``Conv``: int8, symmetric, one scale per output channel
   (``scale = max|w| / 127``, zero point 0; one per tensor for opsets 10 to 12, which have no
   per-axis ``DequantizeLinear``; a model older than opset 10 is converted to opset 13 first);
-- the activations they read, and each ``MatMul``'s output: uint8, one scale per tensor from
-  the range seen on calibration data (``scale = (max - min) / 255`` over a range stretched to
-  include 0, ``zero = round(-min / scale)``);
-- a ``Gemm`` (``alpha = beta = 1``, no ``transA``) becomes ``MatMul`` + ``Add`` first.
+- the activations they read, and each ``MatMul``'s and ``Conv``'s output (after the ``Relu``
+  that alone reads a conv, if one does): uint8, one scale per tensor from the range seen on
+  calibration data (``scale = (max - min) / 255`` over a range stretched to include 0,
+  ``zero = round(-min / scale)``);
+- a ``Gemm`` (``alpha = beta = 1``, no ``transA``) becomes ``MatMul`` + ``Add`` first, and a
+  ``BatchNormalization`` that alone reads a constant-weight ``Conv`` is folded into it.
 
 The calibration runs the fp32 model (compiled by edgecc for this machine) on the samples and
-records those tensors' ranges. ``MatMul`` then runs as INT8 kernels (its QDQ pattern becomes
-``QLinearMatMul``); a ``Conv`` runs in float32 on its dequantized operands until INT8 conv
-kernels exist, which still gives the quantized model's numbers.
+records those tensors' ranges. ``MatMul`` and ``Conv`` then run as INT8 kernels (their QDQ
+patterns become ``QLinearMatMul`` and ``QLinearConv``, see :mod:`edgecc.frontend.qdq`).
 """
 
 from __future__ import annotations
@@ -231,6 +232,51 @@ def _gemm_as_matmul(model: onnx.ModelProto) -> None:
     graph.node.extend(nodes)
 
 
+def _fold_batch_norms(model: onnx.ModelProto) -> None:
+    """``BatchNormalization`` (inference form) that alone reads a ``Conv`` with constant float32
+    weights, folded into the conv's weights and bias, in place."""
+    graph = model.graph
+    consts = {t.name: t for t in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    producer = {out: node for node in graph.node for out in node.output}
+    outputs = {o.name for o in graph.output}
+    drop, changed = set(), {}
+    for bn in graph.node:
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or len(bn.input) != 5:
+            continue
+        conv = producer.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or readers.get(conv.output[0]) != 1 or conv.output[0] in outputs \
+                or len(conv.input) < 2 or conv.input[1] not in consts or readers.get(conv.input[1]) != 1 \
+                or any(name not in consts for name in bn.input[1:]):
+            continue
+        weight = numpy_helper.to_array(consts[conv.input[1]])
+        if weight.dtype != np.float32:
+            continue
+        gamma, beta, mean, var = (numpy_helper.to_array(consts[n]).astype(np.float64) for n in bn.input[1:])
+        factor = gamma / np.sqrt(var + _attr(bn, "epsilon", 1e-5))
+        bias = numpy_helper.to_array(consts[conv.input[2]]).astype(np.float64) \
+            if len(conv.input) > 2 and conv.input[2] else np.zeros(weight.shape[0])
+        name = conv.name or conv.output[0]
+        folded_w = (weight * factor.reshape([-1] + [1] * (weight.ndim - 1))).astype(np.float32)
+        folded_b = ((bias - mean) * factor + beta).astype(np.float32)
+        graph.initializer.extend([numpy_helper.from_array(folded_w, f"{name}.bn_weight"),
+                                  numpy_helper.from_array(folded_b, f"{name}.bn_bias")])
+        copy = onnx.NodeProto()
+        copy.CopyFrom(conv)
+        del copy.input[:]
+        copy.input.extend([conv.input[0], f"{name}.bn_weight", f"{name}.bn_bias"])
+        copy.output[0] = bn.output[0]
+        changed[id(conv)] = copy
+        drop.add(id(bn))
+    if changed:
+        nodes = [changed.get(id(n), n) for n in graph.node if id(n) not in drop]
+        del graph.node[:]
+        graph.node.extend(nodes)
+
+
 def _int8_targets(model: onnx.ModelProto):
     """``[(node, weight name, weight array)]`` for MatMul (constant 2-D float32 B) and Conv
     (constant float32 W)."""
@@ -291,11 +337,27 @@ def quantize_int8(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]]) 
     per_channel = opset >= 13  # DequantizeLinear's axis
     model = onnx.ModelProto.FromString(model.SerializeToString())
     _gemm_as_matmul(model)
+    _fold_batch_norms(model)
     graph = model.graph
     targets = _int8_targets(model)
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    model_outputs = {o.name for o in graph.output}
+
+    def quantized_output(node) -> str:
+        """The tensor whose quantization the op's output gets: a conv's lone ``Relu``'s output
+        (a range from 0, the conv's kernel clamps at the zero point), else its own."""
+        after = readers.get(node.output[0], [])
+        if node.op_type == "Conv" and len(after) == 1 and after[0].op_type == "Relu" \
+                and node.output[0] not in model_outputs:
+            return after[0].output[0]
+        return node.output[0]
+
     activations = []
     for node, _, _ in targets:
-        for name in ([node.input[0]] + ([node.output[0]] if node.op_type == "MatMul" else [])):
+        for name in (node.input[0], quantized_output(node)):
             if name not in activations:
                 activations.append(name)
     ranges = _ranges(model, activations, samples) if targets else {}
@@ -316,8 +378,10 @@ def quantize_int8(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]]) 
         renamed[name] = f"{base}.dq"
         return renamed[name]
 
-    nodes = []
+    nodes, skip = [], set()
     for node in graph.node:
+        if id(node) in skip:
+            continue
         target = next(((w, a) for n, w, a in targets if n is node), None)
         if target is None:
             nodes.append(node)
@@ -341,22 +405,26 @@ def quantize_int8(model: onnx.ModelProto, samples: list[dict[str, np.ndarray]]) 
         copy.CopyFrom(node)
         del copy.input[:]
         copy.input.extend(inputs)
-        if node.op_type == "MatMul":  # its output quantized too: QDQ MatMul -> QLinearMatMul
-            output = node.output[0]
-            copy.output[0] = f"{output}.float"
-            scale_y, zero_y = _activation_params(*ranges[output])
-            new_inits.extend([numpy_helper.from_array(scale_y, f"{output}.int8.scale"),
-                              numpy_helper.from_array(zero_y, f"{output}.int8.zero")])
-            nodes.extend(qdq_after.pop(node.input[0], []))
-            nodes.append(copy)
-            nodes.append(helper.make_node("QuantizeLinear", [f"{output}.float", f"{output}.int8.scale",
-                                                             f"{output}.int8.zero"], [f"{output}.int8.q"]))
-            nodes.append(helper.make_node("DequantizeLinear", [f"{output}.int8.q", f"{output}.int8.scale",
-                                                               f"{output}.int8.zero"], [output]))
-            renamed[output] = output  # already quantized: a reader quantizing it again reuses the pair
+        # The output quantized too (QDQ MatMul -> QLinearMatMul, Conv [-> Relu] -> QLinearConv).
+        output = quantized_output(node)
+        nodes.extend(qdq_after.pop(node.input[0], []))
+        nodes.append(copy)
+        if output != node.output[0]:  # the conv's Relu comes next, then the quantization
+            relu = onnx.NodeProto()
+            relu.CopyFrom(readers[node.output[0]][0])
+            skip.add(id(readers[node.output[0]][0]))
+            relu.output[0] = f"{output}.float"
+            nodes.append(relu)
         else:
-            nodes.extend(qdq_after.pop(node.input[0], []))
-            nodes.append(copy)
+            copy.output[0] = f"{output}.float"
+        scale_y, zero_y = _activation_params(*ranges[output])
+        new_inits.extend([numpy_helper.from_array(scale_y, f"{output}.int8.scale"),
+                          numpy_helper.from_array(zero_y, f"{output}.int8.zero")])
+        nodes.append(helper.make_node("QuantizeLinear", [f"{output}.float", f"{output}.int8.scale",
+                                                         f"{output}.int8.zero"], [f"{output}.int8.q"]))
+        nodes.append(helper.make_node("DequantizeLinear", [f"{output}.int8.q", f"{output}.int8.scale",
+                                                           f"{output}.int8.zero"], [output]))
+        renamed[output] = output  # already quantized: a reader quantizing it again reuses the pair
         done.append(Quantized(node.name or node.op_type, list(weight.shape), 0))
     del graph.node[:]
     graph.node.extend(nodes)

@@ -13,6 +13,8 @@ is what ONNX Runtime runs too:
   per output channel (axis 0), with a bias that is either absent, an int32 ``DequantizeLinear``
   (zero point 0), or a float constant, into ``QLinearConv``. The bias is requantized to the
   int32 scale ``x_scale * w_scale`` where its own scale differs (float biases: rounded to it).
+  A ``Relu`` alone between the conv and its ``QuantizeLinear`` becomes a clamp at the output's
+  zero point (``Q(relu(x)) = max(Q(x), zero point)``; nothing when that is the type's minimum).
 
 Each op's only reader must be a per-tensor ``QuantizeLinear`` with a zero point. The result
 differs from the float32 chain only in that rounding (within one quantization step of the
@@ -87,6 +89,13 @@ def fuse_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     def parts(dq):
         zero = dq.input[2] if len(dq.input) > 2 and dq.input[2] else None
         return [dq.input[0], dq.input[1], zero]
+
+    def relu_after(node):
+        """The ``Relu`` that alone reads ``node``'s output, or None."""
+        after = readers.get(node.output[0], [])
+        if node.output[0] in outputs or len(after) != 1 or after[0].op_type != "Relu":
+            return None
+        return after[0]
 
     def quantize_after(node):
         """The per-tensor ``QuantizeLinear`` that alone reads ``node``'s output, or None."""
@@ -168,7 +177,8 @@ def fuse_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         if node.op_type in MOVES and any(out in outputs for out in node.output[1:]):
             continue
-        quantize = quantize_after(node)
+        relu = relu_after(node) if node.op_type == "Conv" else None
+        quantize = quantize_after(relu if relu is not None else node)
         if quantize is None:
             continue
         if node.op_type in MOVES:
@@ -201,10 +211,17 @@ def fuse_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
                 if name is None:
                     continue
                 bias = [name]
-            fused[id(node)] = helper.make_node(
+            zero = _const(consts, quantize.input[2])
+            clamp = relu is not None and int(zero) > np.iinfo(zero.dtype).min  # Q(relu(x)) = max(Q(x), zero)
+            conv = helper.make_node(
                 "QLinearConv", x_parts + w_parts + [quantize.input[1], quantize.input[2]] + bias,
-                [quantize.output[0]], name=f"{node.name or 'conv'}.qlinear",
-                **{k: v for k, v in _attrs(node).items()})
+                [f"{quantize.output[0]}.unclamped" if clamp else quantize.output[0]],
+                name=f"{node.name or 'conv'}.qlinear", **{k: v for k, v in _attrs(node).items()})
+            fused[id(node)] = [conv] + ([helper.make_node("Max", [conv.output[0], quantize.input[2]],
+                                                          [quantize.output[0]], name=f"{conv.name}.relu")]
+                                        if clamp else [])
+            if relu is not None:
+                drop.add(id(relu))
         drop.add(id(quantize))
     if not fused:
         return model
