@@ -241,10 +241,9 @@ class _Int8(PyExprMutator):
         self.report.append(entry)
         lead = tuple(static_shape(a)[:-1])
         tiles = int8.tile_vectors(int(np.prod(lead)), n, self.isa.lanes)
-        packed = None if tiles is None else int8.pack(weight.astype(np.int32), self.isa.lanes, tiles[0])
+        packed = int8.pack(weight.astype(np.int32), self.isa.lanes, tiles[0])
         if packed is None:
-            entry["reason"] = ("N not a multiple of the SIMD width" if tiles is None else
-                               "a weight column spans more than 256 values") + ": generic int32 matmul"
+            entry["reason"] = "a weight column spans more than 256 values: generic int32 matmul"
             super().visit_var_binding_(binding)
             return
         func = int8.kernel(lead, k, n, str(a.ty.dtype), self.isa, *tiles)

@@ -64,18 +64,19 @@ def isa_for(preset) -> Isa | None:
     return None
 
 
-def tile_vectors(m: int, n: int, lanes: int) -> tuple[int, int] | None:
-    """``(C, P)``: vectors a tile (up to 4, dividing ``N / lanes``) and rows a pass (up to 3)."""
-    if n % lanes:
-        return None
-    c = next(c for c in (4, 2, 1) if (n // lanes) % c == 0)
+def tile_vectors(m: int, n: int, lanes: int) -> tuple[int, int]:
+    """``(C, P)``: vectors a tile (up to 4, dividing ``N / lanes`` when that is whole; a ragged
+    ``N`` is padded to whole tiles, see :func:`padded_channels`) and rows a pass (up to 3)."""
+    vectors = -(-n // lanes)
+    c = min(vectors, 4) if n % lanes else next(c for c in (4, 2, 1) if vectors % c == 0)
     return c, min(m, 3)
 
 
 def pack(centered_kn: np.ndarray, lanes: int, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(packed, wz, cw)`` from the int32 constant ``Bc = b - zb`` ``[K, N]``: int8 weights in
     the kernel's layout, the zero point per column (``w - wz == Bc``) and the correction
-    ``colsum(w) - K * wz``. None when a column spans more than 256 values."""
+    ``colsum(w) - K * wz``, all padded with zeros to ``Np`` columns (:func:`padded_channels`).
+    None when a column spans more than 256 values."""
     k, n = centered_kn.shape
     low, high = centered_kn.min(axis=0), centered_kn.max(axis=0)
     if np.any(high.astype(np.int64) - low > 255):
@@ -86,8 +87,11 @@ def pack(centered_kn: np.ndarray, lanes: int, c: int) -> tuple[np.ndarray, np.nd
     cw = (w.astype(np.int64).sum(axis=1) - k * wz).astype(np.int32)
     kp = -(-k // 4) * 4
     tile = c * lanes
-    w = np.pad(w, ((0, 0), (0, kp - k)))
-    packed = w.reshape(n // tile, c, lanes, kp // 4, 4).transpose(0, 3, 1, 2, 4).reshape(n // tile, kp // 4, c, 4 * lanes)
+    np_ = padded_channels(n, lanes, c)
+    w = np.pad(w, ((0, np_ - n), (0, kp - k)))
+    wz, cw = np.pad(wz, (0, np_ - n)), np.pad(cw, (0, np_ - n))
+    packed = w.reshape(np_ // tile, c, lanes, kp // 4, 4).transpose(0, 3, 1, 2, 4).reshape(
+        np_ // tile, kp // 4, c, 4 * lanes)
     return np.ascontiguousarray(packed), wz, cw
 
 
@@ -98,7 +102,9 @@ def kernel(lead: tuple[int, ...], k: int, n: int, a_dtype: str, isa: Isa, c: int
     tile = c * lanes
     m = int(np.prod(lead))
     kp = -(-k // 4) * 4
-    assert n % tile == 0 and rows <= m and rows * c * lanes * 4 < MAX_STACK_BYTES
+    np_ = padded_channels(n, lanes, c)  # the last tile's columns past N are computed, not stored
+    ragged = np_ != n
+    assert rows <= m and rows * c * lanes * 4 < MAX_STACK_BYTES
     full, rest = divmod(m, rows)
     offset = (128 if isa.unsigned else 0) - (128 if a_dtype == "uint8" else 0)  # a' = a + offset
     adt = "uint8" if isa.unsigned else "int8"
@@ -107,7 +113,7 @@ def kernel(lead: tuple[int, ...], k: int, n: int, a_dtype: str, isa: Isa, c: int
     i64 = T.int64
     lead_ = [i64(d) for d in lead]
     m_, k_, kq_, n_ = i64(m), i64(k), i64(kp // 4), i64(n)
-    nt_, tile_, c_, p_, l_ = i64(n // tile), i64(tile), i64(c), i64(rows), i64(lanes)
+    nt_, tile_, c_, p_, l_ = i64(np_ // tile), i64(tile), i64(c), i64(rows), i64(lanes)
 
     at, columns = row_indexing(lead_)
 
@@ -126,14 +132,22 @@ def kernel(lead: tuple[int, ...], k: int, n: int, a_dtype: str, isa: Isa, c: int
                         T.reinterpret(vbytes, packed[vt, kq, v, T.ramp(0, 1, 4 * lanes)]))
         for r in T.unroll(count):
             for v in T.unroll(c_):
-                for lane in T.vectorized(l_):
-                    y[at(first + r, vt * tile_ + v * l_ + lane)] = acc[r, v, lane] - wz[
-                        vt * tile_ + v * l_ + lane] * rowsum[first + r] - (za[()] + offset) * cw[vt * tile_ + v * l_ + lane]
+                if ragged:
+                    for lane in range(l_):
+                        if vt * tile_ + v * l_ + lane < n_:
+                            y[at(first + r, vt * tile_ + v * l_ + lane)] = acc[r, v, lane] - wz[
+                                vt * tile_ + v * l_ + lane] * rowsum[first + r] - (za[()] + offset) * cw[
+                                vt * tile_ + v * l_ + lane]
+                else:
+                    for lane in T.vectorized(l_):
+                        y[at(first + r, vt * tile_ + v * l_ + lane)] = acc[r, v, lane] - wz[
+                            vt * tile_ + v * l_ + lane] * rowsum[first + r] - (za[()] + offset) * cw[
+                            vt * tile_ + v * l_ + lane]
 
     @T.prim_func(private=True, s_tir=True)
     def int8_matmul(a: T.Buffer((*lead_, k_), a_dtype), za: T.Buffer((), "int32"),
-                    packed: T.Buffer((nt_, kq_, c_, 4 * l_), "int8"), wz: T.Buffer((n_,), "int32"),
-                    cw: T.Buffer((n_,), "int32"), y: T.Buffer((*lead_, n_), "int32")):
+                    packed: T.Buffer((nt_, kq_, c_, 4 * l_), "int8"), wz: T.Buffer((i64(np_),), "int32"),
+                    cw: T.Buffer((i64(np_),), "int32"), y: T.Buffer((*lead_, n_), "int32")):
         ap = T.alloc_buffer((m_, kq_ * 4), adt)
         rowsum = T.alloc_buffer((m_,), "int32")
         for i in range(m_):
@@ -157,7 +171,7 @@ def kernel(lead: tuple[int, ...], k: int, n: int, a_dtype: str, isa: Isa, c: int
                 T.writes(y[columns(vt * tile_, tile_)])
                 # (names the row macro uses, recorded here so the parser sees them)
                 T.sblock_attr({INT8_ATTR: 1, "edgecc.isa": isa.intrinsic, "edgecc.lanes": lanes,
-                               "edgecc.vectors": vacc + "," + vbytes})
+                               "edgecc.vectors": vacc + "," + vbytes, "edgecc.ragged": ragged})
                 acc = T.sblock_alloc_buffer((p_, c_, l_), "int32")
                 for i0 in range(i64(full)):
                     rows_pass(i0 * p_, p_)

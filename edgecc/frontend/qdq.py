@@ -9,6 +9,8 @@ is what ONNX Runtime runs too:
 
 - ``MatMul`` whose inputs are ``DequantizeLinear`` outputs (activations per tensor, a constant
   2-D weight per tensor or per column) into ``QLinearMatMul``;
+- ``Gemm`` (``alpha = beta = 1``, no ``transA``) of the same operands into ONNX Runtime's
+  ``com.microsoft.QGemm``, with its bias as for convs below;
 - ``Conv`` of a per-tensor dequantized input and a constant weight dequantized per tensor or
   per output channel (axis 0), with a bias that is either absent, an int32 ``DequantizeLinear``
   (zero point 0), or a float constant, into ``QLinearConv``. The bias is requantized to the
@@ -173,7 +175,7 @@ def fuse_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
 
     fused, drop = {}, set()
     for node in graph.node:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Conv") + tuple(MOVES):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm", "Conv") + tuple(MOVES):
             continue
         if node.op_type in MOVES and any(out in outputs for out in node.output[1:]):
             continue
@@ -186,6 +188,22 @@ def fuse_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
             if nodes is None:
                 continue
             fused[id(node)] = nodes
+        elif node.op_type == "Gemm":
+            attrs = _attrs(node)
+            trans_b = attrs.get("transB", 0)
+            if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+                continue
+            a, w = dequantize(node.input[0]), dequantize(node.input[1], 2, 0 if trans_b else 1)
+            if a is None or w is None or parts(a)[2] is None or parts(w)[2] is None:
+                continue
+            bias = ""
+            if len(node.input) > 2 and node.input[2]:
+                bias = int32_bias(node.input[2], a, w)
+                if bias is None:
+                    continue
+            fused[id(node)] = helper.make_node(
+                "QGemm", parts(a) + parts(w) + [bias, quantize.input[1], quantize.input[2]], [quantize.output[0]],
+                name=f"{node.name or 'gemm'}.qlinear", domain="com.microsoft", transB=trans_b)
         elif node.op_type == "MatMul":
             a, w = dequantize(node.input[0]), dequantize(node.input[1], 2, 1)
             if a is None or w is None:
@@ -235,4 +253,6 @@ def fuse_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(added)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return model

@@ -127,6 +127,18 @@ def test_arm_a76_uses_sdot_and_matches_host_under_qemu(tmp_path):
     np.testing.assert_allclose(_output(bundle, inputs), _reference(model, inputs), rtol=1e-5, atol=1e-5)
 
 
+@needs_vnni
+@pytest.mark.parametrize("target", ["host", "arm-a76"])
+def test_column_counts_off_the_simd_width_run_the_kernel_too(target, tmp_path):
+    """N = 200 and 40 (not multiples of 16 or 64): the weight is padded to whole tiles and the
+    extra columns are not stored; the numbers match ONNX Runtime."""
+    model = _dynamic(ffn_model(d_model=40, hidden=200, seq=5), tmp_path)
+    inputs = sample_inputs(model)
+    bundle = edgecc.compile(model, target)
+    assert len(_kernels(bundle)) == 2 and all(_kernels(bundle)), _kernels(bundle)
+    np.testing.assert_allclose(_output(bundle, inputs), _reference(model, inputs), rtol=1e-5, atol=1e-5)
+
+
 def test_without_dot_products_the_int32_matmul_still_matches(tmp_path):
     """arm (no dotprod): the generic int32 matmul, same numbers."""
     model = _dynamic(_ffn(), tmp_path)
@@ -369,3 +381,19 @@ def test_qdq_conv_relu_with_a_nonzero_output_zero_point_clamps_there():
     got, want = _output(bundle, inputs), _reference(model, inputs)
     assert got.min() == want.min() == 0.0  # clamped at the zero point: many outputs are exactly 0
     assert np.abs(got - want).max() <= 0.03 * 1.001
+
+
+@needs_vnni
+def test_qdq_gemm_classifier_fuses_to_an_int8_kernel(tmp_path):
+    """quantize_static's QDQ Gemm (transB, per-channel weights, int32 bias) becomes QGemm and
+    runs as the VNNI matmul (10 classes: a ragged column count), within one step of ONNX Runtime."""
+    from edgecc.zoo import mobilenet_model
+
+    fp32 = mobilenet_model(resolution=16, blocks=((32, 1),), classes=10)
+    model = _static(fp32, tmp_path, QuantFormat.QDQ, QuantType.QUInt8, True)
+    assert any(n.op_type == "Gemm" for n in model.graph.node)
+    bundle = edgecc.compile(model, "host")
+    matmuls = [layer for layer in bundle.manifest["quantization"]["int8_layers"] if layer.get("op") != "conv2d"]
+    assert [layer["weight"] for layer in matmuls] == [[32, 10]] and matmuls[0]["kernel"], matmuls
+    inputs = sample_inputs(model)
+    assert np.abs(_output(bundle, inputs) - _reference(model, inputs)).max() <= _output_step(model) * 1.001
