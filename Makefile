@@ -19,6 +19,16 @@ deps:
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES); \
 	fi
+	@# Debian 12's qemu 7.2 aborts on RVV float->int conversions (decode_save_opc); its backports have qemu 10.
+	@major=$$(qemu-riscv64 --version | sed -n 's/.*version \([0-9]*\)\..*/\1/p'); \
+	if [ "$${major:-0}" -lt 8 ] && grep -q '^VERSION_CODENAME=bookworm' /etc/os-release; then \
+	  echo "installing qemu-user from bookworm-backports (qemu $$major cannot run RISC-V int8 code)"; \
+	  echo "deb http://deb.debian.org/debian bookworm-backports main" | \
+	    $(SUDO) tee /etc/apt/sources.list.d/edgecc-bookworm-backports.list >/dev/null && \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    -t bookworm-backports qemu-user; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)

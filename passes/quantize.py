@@ -195,7 +195,7 @@ class _Int8(PyExprMutator):
         entry = {"layer": binding.var.name, "weight": [oc, ch, kh, kw], "op": "conv2d", "kernel": None}
         self.report.append(entry)
         tiles = int8.conv_tile(oc, out_shape[2], self.isa.lanes)
-        packed = int8.pack_conv(weight.astype(np.int32), self.isa.lanes, tiles[0])
+        packed = int8.pack_conv(weight.astype(np.int32), self.isa.lanes, tiles[0], self.isa.dot)
         reason = ("groups" if int(attrs.groups) != 1 else
                   "dilation" if any(int(d) != 1 for d in attrs.dilation) else
                   "weights beyond int8 (a weight zero point)" if packed is None else None)
@@ -206,12 +206,16 @@ class _Int8(PyExprMutator):
                                 tuple(int(s) for s in attrs.strides), tuple(int(p) for p in attrs.padding),
                                 tuple(out_shape[1:3]), self.isa, *tiles)
         gvar = self.builder_.add_func(func, f"int8_conv_{self.isa.name}")
-        entry["kernel"], entry["reason"] = gvar.name_hint, f"int8 x int8 dot products ({self.isa.name})"
+        entry["kernel"], entry["reason"] = gvar.name_hint, self._how()
         w, cw = packed
         rebind(self, binding, relax.call_tir(
             gvar, [self.visit_expr(a), self._zero(zero), relax.const(w), relax.const(cw)],
             relax.TensorType(list(out_shape), "int32")))
         return True
+
+    def _how(self) -> str:
+        return (f"int8 x int8 dot products ({self.isa.name})" if self.isa.dot
+                else f"int8 x int8 widening multiply-accumulates ({self.isa.name})")
 
     def _zero(self, zero):
         """The activations' zero point as an int32 scalar tensor."""
@@ -241,14 +245,14 @@ class _Int8(PyExprMutator):
         self.report.append(entry)
         lead = tuple(static_shape(a)[:-1])
         tiles = int8.tile_vectors(int(np.prod(lead)), n, self.isa.lanes)
-        packed = int8.pack(weight.astype(np.int32), self.isa.lanes, tiles[0])
+        packed = int8.pack(weight.astype(np.int32), self.isa.lanes, tiles[0], self.isa.dot)
         if packed is None:
             entry["reason"] = "a weight column spans more than 256 values: generic int32 matmul"
             super().visit_var_binding_(binding)
             return
         func = int8.kernel(lead, k, n, str(a.ty.dtype), self.isa, *tiles)
         gvar = self.builder_.add_func(func, f"int8_matmul_{self.isa.name}")
-        entry["kernel"], entry["reason"] = gvar.name_hint, f"int8 x int8 dot products ({self.isa.name})"
+        entry["kernel"], entry["reason"] = gvar.name_hint, self._how()
         w, wz, cw = packed
         rebind(self, binding, relax.call_tir(
             gvar, [self.visit_expr(a), self._zero(zero), relax.const(w), relax.const(wz), relax.const(cw)],

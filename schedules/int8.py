@@ -41,27 +41,51 @@ MAX_STACK_BYTES = 1024
 
 
 class Isa:
-    """A dot-product instruction: its LLVM intrinsic, lanes, and whether it takes the
-    activations unsigned (``vpdpbusd``: u8 x s8) or signed (``sdot``: s8 x s8)."""
+    """How a kernel multiplies int8 by int8 into int32 lanes: a dot-product instruction (its
+    LLVM intrinsic, four products a lane) or, with ``intrinsic`` None, widening
+    multiply-accumulates written as plain vector arithmetic (``acc += int32(a) * int32(w)``,
+    one product a lane, which LLVM selects as NEON ``smull``/``smlal`` or RVV ``vwmul``/
+    ``vwmacc``); the int32 lanes a vector; and whether the activations go in unsigned
+    (``vpdpbusd``: u8 x s8) or signed."""
 
-    def __init__(self, name: str, intrinsic: str, lanes: int, unsigned_activations: bool):
+    def __init__(self, name: str, intrinsic: str | None, lanes: int, unsigned_activations: bool):
         self.name, self.intrinsic, self.lanes, self.unsigned = name, intrinsic, lanes, unsigned_activations
+
+    @property
+    def dot(self) -> bool:
+        return self.intrinsic is not None
 
 
 VNNI = Isa("vnni", "llvm.x86.avx512.vpdpbusd.512", 16, True)
 SDOT = Isa("sdot", "llvm.aarch64.neon.sdot.v4i32.v16i8", 4, False)
+NEON_MAC = Isa("neon", None, 4, False)
+
+
+def rvv_mac(vlen: int) -> Isa:
+    """Widening multiply-accumulates on RVV registers of ``vlen`` bits."""
+    return Isa("rvv", None, vlen // 32, False)
 
 
 def isa_for(preset) -> Isa | None:
-    """The dot-product instruction a CPU preset has, or None."""
+    """How a CPU preset multiplies int8 (dot products where it has them), or None (x86 without
+    AVX-512 VNNI: TVM's generic int32 code)."""
     from tvm.target.codegen import target_has_features
 
     target = preset.tvm_target()
     if preset.arch == "x86_64" and target_has_features("avx512vnni", target):
         return VNNI
-    if preset.arch == "aarch64" and target_has_features("dotprod", target):
-        return SDOT
+    if preset.arch == "aarch64":
+        return SDOT if target_has_features("dotprod", target) else NEON_MAC
+    if preset.arch == "riscv64" and preset.vlen:
+        return rvv_mac(preset.vlen)
     return None
+
+
+def _lane_order(dot: bool) -> tuple[int, int]:
+    """Within a packed vector of 4 x lanes weights (after the ``[..., lanes, 4]`` axes): a dot
+    product wants each lane's four reduction values together (byte ``4*i + j``), widening
+    multiply-accumulates one reduction step's lanes together (byte ``j*L + i``)."""
+    return (0, 1) if dot else (1, 0)
 
 
 def tile_vectors(m: int, n: int, lanes: int) -> tuple[int, int]:
@@ -72,9 +96,10 @@ def tile_vectors(m: int, n: int, lanes: int) -> tuple[int, int]:
     return c, min(m, 3)
 
 
-def pack(centered_kn: np.ndarray, lanes: int, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pack(centered_kn: np.ndarray, lanes: int, c: int, dot: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(packed, wz, cw)`` from the int32 constant ``Bc = b - zb`` ``[K, N]``: int8 weights in
-    the kernel's layout, the zero point per column (``w - wz == Bc``) and the correction
+    the kernel's layout (``dot``: for a dot-product instruction, else for multiply-accumulates,
+    see :func:`_lane_order`), the zero point per column (``w - wz == Bc``) and the correction
     ``colsum(w) - K * wz``, all padded with zeros to ``Np`` columns (:func:`padded_channels`).
     None when a column spans more than 256 values."""
     k, n = centered_kn.shape
@@ -90,7 +115,8 @@ def pack(centered_kn: np.ndarray, lanes: int, c: int) -> tuple[np.ndarray, np.nd
     np_ = padded_channels(n, lanes, c)
     w = np.pad(w, ((0, np_ - n), (0, kp - k)))
     wz, cw = np.pad(wz, (0, np_ - n)), np.pad(cw, (0, np_ - n))
-    packed = w.reshape(np_ // tile, c, lanes, kp // 4, 4).transpose(0, 3, 1, 2, 4).reshape(
+    i, j = _lane_order(dot)
+    packed = w.reshape(np_ // tile, c, lanes, kp // 4, 4).transpose(0, 3, 1, 2 + i * 2, 2 + j * 2).reshape(
         np_ // tile, kp // 4, c, 4 * lanes)
     return np.ascontiguousarray(packed), wz, cw
 
@@ -103,7 +129,7 @@ def kernel(lead: tuple[int, ...], k: int, n: int, a_dtype: str, isa: Isa, c: int
     m = int(np.prod(lead))
     kp = -(-k // 4) * 4
     np_ = padded_channels(n, lanes, c)  # the last tile's columns past N are computed, not stored
-    ragged = np_ != n
+    ragged, dot = np_ != n, isa.dot
     assert rows <= m and rows * c * lanes * 4 < MAX_STACK_BYTES
     full, rest = divmod(m, rows)
     offset = (128 if isa.unsigned else 0) - (128 if a_dtype == "uint8" else 0)  # a' = a + offset
@@ -125,11 +151,17 @@ def kernel(lead: tuple[int, ...], k: int, n: int, a_dtype: str, isa: Isa, c: int
         for kq in range(kq_):
             for v in T.unroll(c_):
                 for r in T.unroll(count):
-                    acc[r, v, T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
-                        vacc, isa.intrinsic, acc[r, v, T.ramp(0, 1, lanes)],  # (acc, activations, weights)
-                        T.reinterpret(vbytes, T.broadcast(T.reinterpret("int32", ap[first + r, T.ramp(kq * 4, 1, 4)]),
-                                                          lanes)),
-                        T.reinterpret(vbytes, packed[vt, kq, v, T.ramp(0, 1, 4 * lanes)]))
+                    if dot:
+                        acc[r, v, T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
+                            vacc, isa.intrinsic, acc[r, v, T.ramp(0, 1, lanes)],  # (acc, activations, weights)
+                            T.reinterpret(vbytes, T.broadcast(T.reinterpret("int32", ap[first + r, T.ramp(kq * 4, 1, 4)]),
+                                                              lanes)),
+                            T.reinterpret(vbytes, packed[vt, kq, v, T.ramp(0, 1, 4 * lanes)]))
+                    else:
+                        for j in T.unroll(4):
+                            acc[r, v, T.ramp(0, 1, lanes)] = acc[r, v, T.ramp(0, 1, lanes)] + T.Cast(
+                                vacc, T.broadcast(ap[first + r, kq * 4 + j], lanes)) * T.Cast(
+                                vacc, packed[vt, kq, v, T.ramp(j * lanes, 1, lanes)])
         for r in T.unroll(count):
             for v in T.unroll(c_):
                 if ragged:
@@ -171,7 +203,7 @@ def kernel(lead: tuple[int, ...], k: int, n: int, a_dtype: str, isa: Isa, c: int
                 T.writes(y[columns(vt * tile_, tile_)])
                 # (names the row macro uses, recorded here so the parser sees them)
                 T.sblock_attr({INT8_ATTR: 1, "edgecc.isa": isa.intrinsic, "edgecc.lanes": lanes,
-                               "edgecc.vectors": vacc + "," + vbytes, "edgecc.ragged": ragged})
+                               "edgecc.vectors": vacc + "," + vbytes, "edgecc.flags": [ragged, dot]})
                 acc = T.sblock_alloc_buffer((p_, c_, l_), "int32")
                 for i0 in range(i64(full)):
                     rows_pass(i0 * p_, p_)
@@ -225,15 +257,16 @@ def padded_channels(oc: int, lanes: int, c: int) -> int:
     return -(-oc // (c * lanes)) * c * lanes
 
 
-def pack_conv(centered_oihw: np.ndarray, lanes: int, c: int) -> tuple[np.ndarray, np.ndarray] | None:
+def pack_conv(centered_oihw: np.ndarray, lanes: int, c: int, dot: bool = True) -> tuple[np.ndarray, np.ndarray] | None:
     """``(packed, cw)`` from the int32 constant ``W - wz`` ``[OC, C, KH, KW]`` when every value
     fits int8 (else None).
 
     The reduction of one kernel row runs over ``r = kx * C + c`` (the order an input row holds
     those values channels-last), zero-padded to ``R``, a multiple of 4; output channels are
     zero-padded to ``OCp`` (:func:`padded_channels`). ``packed`` is int8 ``[OCp / T, KH, R / 4, C,
-    4 * L]``, byte ``4*i + j`` of vector ``v`` holding the weight of output channel
-    ``t*T + v*L + i`` at ``(ky, r = 4*rq + j)``; ``cw[oc]`` is the sum of each output channel's
+    4 * L]``, byte ``4*i + j`` of vector ``v`` (``j*L + i`` where not ``dot``, see
+    :func:`_lane_order`) holding the weight of output channel ``t*T + v*L + i`` at
+    ``(ky, r = 4*rq + j)``; ``cw[oc]`` is the sum of each output channel's
     weights (``OCp`` of them)."""
     oc, ch, kh, kw = centered_oihw.shape
     if centered_oihw.min(initial=0) < -128 or centered_oihw.max(initial=0) > 127:
@@ -243,7 +276,8 @@ def pack_conv(centered_oihw: np.ndarray, lanes: int, c: int) -> tuple[np.ndarray
     tile = c * lanes
     w = centered_oihw.astype(np.int8).transpose(0, 2, 3, 1).reshape(oc, kh, kw * ch)  # [OC, KH, (kx, c)]
     w = np.pad(w, ((0, ocp - oc), (0, 0), (0, r - kw * ch)))
-    packed = w.reshape(ocp // tile, c, lanes, kh, r // 4, 4).transpose(0, 3, 4, 1, 2, 5).reshape(
+    i, j = _lane_order(dot)
+    packed = w.reshape(ocp // tile, c, lanes, kh, r // 4, 4).transpose(0, 3, 4, 1, 2 + i * 3, 2 + j * 3).reshape(
         ocp // tile, kh, r // 4, c, 4 * lanes)
     cw = w.reshape(ocp, -1).astype(np.int64).sum(axis=1).astype(np.int32)
     return np.ascontiguousarray(packed), cw
@@ -292,7 +326,7 @@ def conv_kernel(shape: tuple[int, int, int, int], layout: str, a_dtype: str, oc:
     kh_, rq_, hp_, oh_, ow_ = i64(kh), i64(rq), i64(hp), i64(oh), i64(ow)
     row_ = i64(w * ch if direct else wp * ch + 4)
     nt_, tile_, c_, p_, l_ = i64(ocp // tile), i64(tile), i64(c), i64(pixels), i64(lanes)
-    ragged = ocp != oc
+    ragged, dot = ocp != oc, isa.dot
     a_shape = (n_, ch_, h_, w_) if layout == "NCHW" else (n_, h_, w_, ch_)
     # The accumulators live in two buffers, each small enough to be a stack array LLVM keeps in
     # registers (a larger one would be a heap workspace it cannot promote).
@@ -307,11 +341,17 @@ def conv_kernel(shape: tuple[int, int, int, int], layout: str, a_dtype: str, oc:
     def accumulate(ap, packed, accs, vt, vb, vy, ky, q, first, count):
         for p in T.unroll(count):
             for v in T.unroll(c_):
-                accs[p, v, T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
-                    vacc, isa.intrinsic, accs[p, v, T.ramp(0, 1, lanes)],
-                    T.reinterpret(vbytes, T.broadcast(T.reinterpret(
-                        "int32", ap[vb, vy * sh + ky, T.ramp((first + p) * (sw * ch) + q * 4, 1, 4)]), lanes)),
-                    T.reinterpret(vbytes, packed[vt, ky, q, v, T.ramp(0, 1, 4 * lanes)]))
+                if dot:
+                    accs[p, v, T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
+                        vacc, isa.intrinsic, accs[p, v, T.ramp(0, 1, lanes)],
+                        T.reinterpret(vbytes, T.broadcast(T.reinterpret(
+                            "int32", ap[vb, vy * sh + ky, T.ramp((first + p) * (sw * ch) + q * 4, 1, 4)]), lanes)),
+                        T.reinterpret(vbytes, packed[vt, ky, q, v, T.ramp(0, 1, 4 * lanes)]))
+                else:
+                    for j in T.unroll(4):
+                        accs[p, v, T.ramp(0, 1, lanes)] = accs[p, v, T.ramp(0, 1, lanes)] + T.Cast(
+                            vacc, T.broadcast(ap[vb, vy * sh + ky, (first + p) * (sw * ch) + q * 4 + j], lanes)) * T.Cast(
+                            vacc, packed[vt, ky, q, v, T.ramp(j * lanes, 1, lanes)])
 
     @T.macro
     def finish(za, cw, y, accs, vt, vb, vy, first, count):

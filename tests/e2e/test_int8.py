@@ -4,6 +4,7 @@ Runtime; the generated code uses the target's dot-product instruction."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 
@@ -139,13 +140,42 @@ def test_column_counts_off_the_simd_width_run_the_kernel_too(target, tmp_path):
     np.testing.assert_allclose(_output(bundle, inputs), _reference(model, inputs), rtol=1e-5, atol=1e-5)
 
 
-def test_without_dot_products_the_int32_matmul_still_matches(tmp_path):
-    """arm (no dotprod): the generic int32 matmul, same numbers."""
-    model = _dynamic(_ffn(), tmp_path)
+def _kernel_ops(bundle, objdump, pattern, ops) -> int:
+    """How many instructions matching ``ops`` the library's kernels named ``pattern`` hold."""
+    from tests.e2e.test_vectorize import kernel_ranges
+
+    library = bundle.path / "model.so"
+    total = 0
+    for start, stop in kernel_ranges(library, objdump, pattern).values():
+        text = subprocess.run([objdump, "-d", f"--start-address={start:#x}", f"--stop-address={stop:#x}",
+                               str(library)], capture_output=True, text=True, check=True).stdout
+        total += len(re.findall(ops, text))
+    return total
+
+
+@pytest.mark.parametrize("target, objdump, ops", [
+    ("arm", "aarch64-linux-gnu-objdump", r"\bsmlal2?\s"),  # NEON without dotprod: widening multiply-adds
+    ("riscv", "riscv64-linux-gnu-objdump", r"\bvwmacc\.v[vx]\s"),  # RVV widening multiply-accumulate
+])
+def test_without_dot_products_widening_multiply_accumulates_match(target, objdump, ops, tmp_path):
+    """Targets with no dot-product instruction run the same kernels on widening vector
+    multiply-accumulates: exact integer results under qemu (matmuls and convs, uint8 and int8
+    activations, ragged widths)."""
+    if shutil.which(objdump) is None:
+        pytest.skip(f"no {objdump}")
+    model = _dynamic(ffn_model(d_model=40, hidden=200, seq=5), tmp_path)
     inputs = sample_inputs(model)
-    bundle = edgecc.compile(model, "arm")
-    assert _kernels(bundle) == []
+    bundle = edgecc.compile(model, target)
+    assert len(_kernels(bundle)) == 2 and all(k.startswith("int8_matmul_") for k in _kernels(bundle))
     np.testing.assert_allclose(_output(bundle, inputs), _reference(model, inputs), rtol=1e-5, atol=1e-5)
+    assert _kernel_ops(bundle, objdump, r"int8_matmul\w*_compute_$", ops) > 0
+    for signed in (False, True):
+        convs = _qlinear_convs(signed=signed)
+        images = _image(convs, np.int8 if signed else np.uint8)
+        bundle = edgecc.compile(convs, target)
+        assert len(_conv_kernels(bundle)) == 3 and all(_conv_kernels(bundle)), _conv_kernels(bundle)
+        np.testing.assert_array_equal(_output(bundle, images), _reference(convs, images))
+    assert _kernel_ops(bundle, objdump, r"int8_conv\w*_compute_$", ops) > 0
 
 
 # -- --quantize int8 -------------------------------------------------------------------------
