@@ -21,7 +21,7 @@ vector ``v`` holding ``w[t*T + v*L + i, 4*kq + j]``: the four weights each 32-bi
 multiplies with four activations broadcast from one 32-bit word.
 
 Schedule (written scheduled): a prologue converts the activations (``a'``, padded) and sums
-each row; then in parallel over tiles, per pass of up to 3 rows, ``C`` accumulators a row stay
+each row; then in parallel over tiles, per pass of up to 24 / ``C`` rows, ``C`` accumulators a row stay
 in registers across ``K`` and the correction terms are applied once at the end.
 """
 
@@ -38,6 +38,7 @@ from .int4 import row_indexing
 INT8_ATTR = "edgecc.int8_matmul"
 PROLOGUE_ATTR = "edgecc.int8_prologue"
 MAX_STACK_BYTES = 1024
+MAX_ACCUMULATORS = 24  # vector registers a block of rows or pixels keeps (of 32 on AVX-512 / NEON / RVV)
 
 
 class Isa:
@@ -90,10 +91,11 @@ def _lane_order(dot: bool) -> tuple[int, int]:
 
 def tile_vectors(m: int, n: int, lanes: int) -> tuple[int, int]:
     """``(C, P)``: vectors a tile (up to 4, dividing ``N / lanes`` when that is whole; a ragged
-    ``N`` is padded to whole tiles, see :func:`padded_channels`) and rows a pass (up to 3)."""
+    ``N`` is padded to whole tiles, see :func:`padded_channels`) and rows a pass (``C * P <= 24``
+    accumulators)."""
     vectors = -(-n // lanes)
     c = min(vectors, 4) if n % lanes else next(c for c in (4, 2, 1) if vectors % c == 0)
-    return c, min(m, 3)
+    return c, min(m, MAX_ACCUMULATORS // c)
 
 
 def pack(centered_kn: np.ndarray, lanes: int, c: int, dot: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -130,7 +132,7 @@ def kernel(lead: tuple[int, ...], k: int, n: int, a_dtype: str, isa: Isa, c: int
     kp = -(-k // 4) * 4
     np_ = padded_channels(n, lanes, c)  # the last tile's columns past N are computed, not stored
     ragged, dot = np_ != n, isa.dot
-    assert rows <= m and rows * c * lanes * 4 < MAX_STACK_BYTES
+    assert rows <= m and rows * c <= MAX_ACCUMULATORS
     full, rest = divmod(m, rows)
     offset = (128 if isa.unsigned else 0) - (128 if a_dtype == "uint8" else 0)  # a' = a + offset
     adt = "uint8" if isa.unsigned else "int8"
@@ -143,38 +145,57 @@ def kernel(lead: tuple[int, ...], k: int, n: int, a_dtype: str, isa: Isa, c: int
 
     at, columns = row_indexing(lead_)
 
-    @T.macro(hygienic=False)
-    def rows_pass(first, count):
-        for r in T.unroll(count):
-            for v in T.unroll(c_):
-                acc[r, v, T.ramp(0, 1, lanes)] = T.broadcast(T.int32(0), lanes)
-        for kq in range(kq_):
-            for v in T.unroll(c_):
-                for r in T.unroll(count):
-                    if dot:
-                        acc[r, v, T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
-                            vacc, isa.intrinsic, acc[r, v, T.ramp(0, 1, lanes)],  # (acc, activations, weights)
-                            T.reinterpret(vbytes, T.broadcast(T.reinterpret("int32", ap[first + r, T.ramp(kq * 4, 1, 4)]),
-                                                              lanes)),
-                            T.reinterpret(vbytes, packed[vt, kq, v, T.ramp(0, 1, 4 * lanes)]))
-                    else:
-                        for j in T.unroll(4):
-                            acc[r, v, T.ramp(0, 1, lanes)] = acc[r, v, T.ramp(0, 1, lanes)] + T.Cast(
-                                vacc, T.broadcast(ap[first + r, kq * 4 + j], lanes)) * T.Cast(
-                                vacc, packed[vt, kq, v, T.ramp(j * lanes, 1, lanes)])
+    # The accumulators live in two buffers, each small enough to be a stack array LLVM keeps in
+    # registers (see conv_kernel).
+    half = min(rows, (MAX_STACK_BYTES - 1) // (c * lanes * 4))
+    assert (rows - half) * c * lanes * 4 < MAX_STACK_BYTES
+    pa_, pb_ = i64(half), i64(max(rows - half, 1))
+
+    @T.macro
+    def accumulate(ap, packed, accs, vt, kq, first, count):
+        for v in T.unroll(c_):
+            for r in T.unroll(count):
+                if dot:
+                    accs[r, v, T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
+                        vacc, isa.intrinsic, accs[r, v, T.ramp(0, 1, lanes)],  # (acc, activations, weights)
+                        T.reinterpret(vbytes, T.broadcast(T.reinterpret("int32", ap[first + r, T.ramp(kq * 4, 1, 4)]),
+                                                          lanes)),
+                        T.reinterpret(vbytes, packed[vt, kq, v, T.ramp(0, 1, 4 * lanes)]))
+                else:
+                    for j in T.unroll(4):
+                        accs[r, v, T.ramp(0, 1, lanes)] = accs[r, v, T.ramp(0, 1, lanes)] + T.Cast(
+                            vacc, T.broadcast(ap[first + r, kq * 4 + j], lanes)) * T.Cast(
+                            vacc, packed[vt, kq, v, T.ramp(j * lanes, 1, lanes)])
+
+    @T.macro
+    def finish(za, wz, cw, rowsum, y, accs, vt, first, count):
         for r in T.unroll(count):
             for v in T.unroll(c_):
                 if ragged:
                     for lane in range(l_):
                         if vt * tile_ + v * l_ + lane < n_:
-                            y[at(first + r, vt * tile_ + v * l_ + lane)] = acc[r, v, lane] - wz[
+                            y[at(first + r, vt * tile_ + v * l_ + lane)] = accs[r, v, lane] - wz[
                                 vt * tile_ + v * l_ + lane] * rowsum[first + r] - (za[()] + offset) * cw[
                                 vt * tile_ + v * l_ + lane]
                 else:
                     for lane in T.vectorized(l_):
-                        y[at(first + r, vt * tile_ + v * l_ + lane)] = acc[r, v, lane] - wz[
+                        y[at(first + r, vt * tile_ + v * l_ + lane)] = accs[r, v, lane] - wz[
                             vt * tile_ + v * l_ + lane] * rowsum[first + r] - (za[()] + offset) * cw[
                             vt * tile_ + v * l_ + lane]
+
+    @T.macro
+    def rows_pass(ap, za, packed, wz, cw, rowsum, y, acc_a, acc_b, vt, first, count_a, count_b):
+        for r in T.unroll(count_a):
+            for v in T.unroll(c_):
+                acc_a[r, v, T.ramp(0, 1, lanes)] = T.broadcast(T.int32(0), lanes)
+        for r in T.unroll(count_b):
+            for v in T.unroll(c_):
+                acc_b[r, v, T.ramp(0, 1, lanes)] = T.broadcast(T.int32(0), lanes)
+        for kq in range(kq_):
+            accumulate(ap, packed, acc_a, vt, kq, first, count_a)
+            accumulate(ap, packed, acc_b, vt, kq, first + count_a, count_b)
+        finish(za, wz, cw, rowsum, y, acc_a, vt, first, count_a)
+        finish(za, wz, cw, rowsum, y, acc_b, vt, first + count_a, count_b)
 
     @T.prim_func(private=True, s_tir=True)
     def int8_matmul(a: T.Buffer((*lead_, k_), a_dtype), za: T.Buffer((), "int32"),
@@ -203,12 +224,14 @@ def kernel(lead: tuple[int, ...], k: int, n: int, a_dtype: str, isa: Isa, c: int
                 T.writes(y[columns(vt * tile_, tile_)])
                 # (names the row macro uses, recorded here so the parser sees them)
                 T.sblock_attr({INT8_ATTR: 1, "edgecc.isa": isa.intrinsic, "edgecc.lanes": lanes,
-                               "edgecc.vectors": vacc + "," + vbytes, "edgecc.flags": [ragged, dot]})
-                acc = T.sblock_alloc_buffer((p_, c_, l_), "int32")
+                               "edgecc.vectors": vacc + "," + vbytes})
+                acc_a = T.sblock_alloc_buffer((pa_, c_, l_), "int32")
+                acc_b = T.sblock_alloc_buffer((pb_, c_, l_), "int32")
                 for i0 in range(i64(full)):
-                    rows_pass(i0 * p_, p_)
+                    rows_pass(ap, za, packed, wz, cw, rowsum, y, acc_a, acc_b, vt, i0 * p_, pa_, i64(rows - half))
                 if rest > 0:
-                    rows_pass(i64(full * rows), i64(rest))
+                    rows_pass(ap, za, packed, wz, cw, rowsum, y, acc_a, acc_b, vt, i64(full * rows),
+                              i64(min(rest, half)), i64(max(rest - half, 0)))
 
     return int8_matmul.with_attr("op_pattern", 4)  # OutEWiseFusable: the requantization fuses in
 
@@ -240,7 +263,6 @@ def schedule(sch: Schedule, block, lanes: int) -> str:
 
 # -- convolutions -------------------------------------------------------------------------------
 CONV_ATTR = "edgecc.int8_conv"
-MAX_ACCUMULATORS = 24  # vector registers a pixel block keeps (of 32 on AVX-512 / NEON)
 
 
 def conv_tile(oc: int, ow: int, lanes: int) -> tuple[int, int]:
