@@ -383,8 +383,13 @@ def _vector_block(sch: Schedule, block, extent: int, lanes: int) -> int:
 def schedule_other_blocks(sch: Schedule, lanes: int, done: list, partial_tiles: bool = True) -> None:
     """Every block not yet scheduled: parallel + vectorised when it is plain enough."""
     done_names = {sch.get(b).name_hint for b in done}
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
-        if sch.get(block).name_hint in done_names:
+    names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
+    for name in names:
+        if name in done_names:
+            continue
+        try:
+            block = sch.get_sblock(name)
+        except Exception:  # noqa: BLE001 -- scheduling an earlier block inlined this one: nothing to do
             continue
         if _is_reduction(sch, block):
             if not tiled_reduction(sch, block, lanes, partial_tiles):

@@ -245,18 +245,66 @@ def kernel_of(sch: Schedule):
     return None
 
 
+def _loads(expr, buffer) -> int:
+    """How many times ``expr`` reads ``buffer``."""
+    if isinstance(expr, tvm.ir.expr.TensorLoad):
+        return int(expr.source.same_as(buffer)) + sum(_loads(i, buffer) for i in expr.indices)
+    total = 0
+    for field in ("a", "b", "value", "condition", "true_value", "false_value", "base"):
+        child = getattr(expr, field, None)
+        if isinstance(child, tvm.ir.expr.Expr):
+            total += _loads(child, buffer)
+    for child in getattr(expr, "args", None) or []:
+        if isinstance(child, tvm.ir.expr.Expr):
+            total += _loads(child, buffer)
+    return total
+
+
+def _reused_values(sch: Schedule, keep) -> list:
+    """Epilogue blocks a consumer reads more than twice per element (an erf polynomial's input,
+    say): inlined, a quantize/dequantize chain would be recomputed for every use."""
+    kept = {sch.get(b).name_hint for b in keep}
+    reused = []
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        node = sch.get(block)
+        if node.name_hint in kept or len(node.writes) != 1:
+            continue
+        written = node.writes[0].source
+        for consumer in sch.get_consumers(block):
+            body = sch.get(consumer).body
+            if isinstance(body, tvm.tirx.BufferStore) and _loads(body.value, written) > 2:
+                reused.append(block)
+                break
+    return reused
+
+
+def _epilogue_at(sch: Schedule, block, loop, lanes: int, first_loop: int) -> None:
+    """Inline the epilogue after ``block`` (but values it would recompute, see
+    :func:`_reused_values`), then compute what is left of it per iteration of ``loop``,
+    vectorised."""
+    prologue = [b for b in sch.get_child_blocks(sch.get_sblock("root")) if PROLOGUE_ATTR in sch.get(b).annotations]
+    keep = [block] + prologue
+    inline_spatial_blocks(sch, keep=keep + _reused_values(sch, keep))
+    names = {sch.get(b).name_hint for b in keep}
+    after = False
+    for other in sch.get_child_blocks(sch.get_sblock("root")):
+        if other.same_as(block) or sch.get(other).name_hint == sch.get(block).name_hint:
+            after = True
+            continue
+        if after and sch.get(other).name_hint not in names:
+            sch.reverse_compute_at(other, loop)
+            _vectorize_inner(sch, sch.get_loops(other)[first_loop:], lanes)
+
+
 def schedule(sch: Schedule, block, lanes: int) -> str:
     """Parallel tiles (and prologue rows); the fused epilogue computed per tile, vectorised."""
     if CONV_ATTR in sch.get(block).annotations:
         return schedule_conv(sch, block, lanes)
     prologue = next(b for b in sch.get_child_blocks(sch.get_sblock("root"))
                     if PROLOGUE_ATTR in sch.get(b).annotations)
-    inline_spatial_blocks(sch, keep=[block, prologue])
-    sch.parallel(sch.get_loops(prologue)[0])
     tile = sch.get_loops(block)[-1]
-    for consumer in sch.get_consumers(block):
-        sch.reverse_compute_at(consumer, tile)
-        _vectorize_inner(sch, sch.get_loops(consumer)[1:], lanes)
+    _epilogue_at(sch, block, tile, lanes, 1)
+    sch.parallel(sch.get_loops(prologue)[0])
     sch.parallel(tile)
     return "int8-matmul"
 
@@ -453,13 +501,10 @@ def schedule_conv(sch: Schedule, block, lanes: int) -> str:
     """Parallel (tile, image, row) tasks and prologue rows; the fused epilogue computed per row."""
     prologue = next((b for b in sch.get_child_blocks(sch.get_sblock("root"))
                      if PROLOGUE_ATTR in sch.get(b).annotations), None)
-    inline_spatial_blocks(sch, keep=[block] + ([prologue] if prologue is not None else []))
+    t, b, row = sch.get_loops(block)
+    _epilogue_at(sch, block, row, lanes, 3)
     if prologue is not None:
         loops = sch.get_loops(prologue)
         sch.parallel(sch.fuse(*loops[:2]))
-    t, b, row = sch.get_loops(block)
-    for consumer in sch.get_consumers(block):
-        sch.reverse_compute_at(consumer, row)
-        _vectorize_inner(sch, sch.get_loops(consumer)[3:], lanes)
     sch.parallel(sch.fuse(t, b, row))
     return "int8-conv"
