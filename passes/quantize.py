@@ -1,4 +1,4 @@
-"""Quantized matmuls to integer kernels: 4-bit weight-only (INT4) and INT8.
+"""Quantized matmuls and convs to integer kernels: 4-bit weight-only (INT4) and INT8.
 
 INT4 (:func:`Int4Matmul`): 4-bit weights to weight-only matmul kernels, the dequantization
 fused in.
@@ -18,6 +18,11 @@ It runs first in the graph phase, before constant folding would evaluate the deq
 into a float32 weight, which is what happens where it does not apply: ``N`` not a multiple of
 two SIMD vectors, symbolic shapes, non-float32 activations, and CUDA targets. The decisions go
 to the module attribute ``edgecc.int4`` (JSON, see :func:`report_of`).
+
+INT8 (:func:`Int8Matmul`): after constant folding, every int32 ``matmul`` or NHWC ``conv2d`` of
+int8/uint8 activations (``int32(a) - za``) by a constant weight, as the quantized ops import,
+becomes a kernel of :mod:`edgecc.schedules.int8` that multiplies the int8 values directly, the
+requantization after it fused in; the decisions go to ``edgecc.int8`` (:func:`int8_report_of`).
 """
 
 from __future__ import annotations
@@ -135,9 +140,10 @@ def report_of(mod) -> list[dict]:
 # -- INT8 ---------------------------------------------------------------------------------------
 @mutator
 class _Int8(PyExprMutator):
-    def __init__(self, mod, isa, report: list):
+    def __init__(self, mod, isa, matmul_isa, report: list):
         super().__init__(mod)
-        self.isa = isa
+        self.isa = isa  # convs (and matmuls, unless the CPU has matrix products)
+        self.matmul_isa = matmul_isa
         self.report = report
 
     def _bound(self, expr):
@@ -244,15 +250,24 @@ class _Int8(PyExprMutator):
         entry = {"layer": binding.var.name, "weight": [k, n], "kernel": None}
         self.report.append(entry)
         lead = tuple(static_shape(a)[:-1])
-        tiles = int8.tile_vectors(int(np.prod(lead)), n, self.isa.lanes)
-        packed = int8.pack(weight.astype(np.int32), self.isa.lanes, tiles[0], self.isa.dot)
+        m = int(np.prod(lead))
+        if self.matmul_isa is int8.SMMLA:
+            tiles = int8.mmla_tile(m, n)
+            packed = int8.pack_mmla(weight.astype(np.int32), tiles[0])
+        else:
+            tiles = int8.tile_vectors(m, n, self.isa.lanes)
+            packed = int8.pack(weight.astype(np.int32), self.isa.lanes, tiles[0], self.isa.dot)
         if packed is None:
             entry["reason"] = "a weight column spans more than 256 values: generic int32 matmul"
             super().visit_var_binding_(binding)
             return
-        func = int8.kernel(lead, k, n, str(a.ty.dtype), self.isa, *tiles)
-        gvar = self.builder_.add_func(func, f"int8_matmul_{self.isa.name}")
-        entry["kernel"], entry["reason"] = gvar.name_hint, self._how()
+        if self.matmul_isa is int8.SMMLA:
+            func = int8.kernel_mmla(lead, k, n, str(a.ty.dtype), *tiles)
+            how = "int8 x int8 matrix products (i8mm smmla)"
+        else:
+            func, how = int8.kernel(lead, k, n, str(a.ty.dtype), self.isa, *tiles), self._how()
+        gvar = self.builder_.add_func(func, f"int8_matmul_{self.matmul_isa.name}")
+        entry["kernel"], entry["reason"] = gvar.name_hint, how
         w, wz, cw = packed
         rebind(self, binding, relax.call_tir(
             gvar, [self.visit_expr(a), self._zero(zero), relax.const(w), relax.const(wz), relax.const(cw)],
@@ -260,9 +275,11 @@ class _Int8(PyExprMutator):
 
 
 def Int8Matmul(preset):  # noqa: N802 (TVM pass naming)
-    """Pass: int32 matmuls of int8/uint8 activations by a constant weight (as the quantized
-    ops import, constants folded) to dot-product kernels, where the CPU preset has them
-    (AVX-512 VNNI, AArch64 dotprod); elsewhere they stay generic int32 matmuls."""
+    """Pass: int32 matmuls and NHWC convs of int8/uint8 activations by a constant weight (as
+    the quantized ops import, constants folded) to INT8 kernels for the CPU preset: AVX-512 VNNI
+    or AArch64 dotprod dot products, i8mm matrix products for matmuls, widening
+    multiply-accumulates on NEON without dotprod and on RVV (:func:`edgecc.schedules.int8.isa_for`);
+    x86 without VNNI keeps TVM's generic int32 code."""
     from edgecc.schedules import int8
 
     @tvm.transform.module_pass(opt_level=0, name="edgecc.Int8Matmul")
@@ -271,7 +288,7 @@ def Int8Matmul(preset):  # noqa: N802 (TVM pass naming)
         if isa is None:
             return mod
         report: list[dict] = []
-        rewriter = _Int8(mod, isa, report)
+        rewriter = _Int8(mod, isa, int8.isa_for(preset, "matmul"), report)
         for gvar, func in list(mod.functions_items()):
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
@@ -282,6 +299,6 @@ def Int8Matmul(preset):  # noqa: N802 (TVM pass naming)
 
 
 def int8_report_of(mod) -> list[dict]:
-    """The int32 matmuls :func:`Int8Matmul` looked at (empty when it did not run or found none)."""
+    """The int32 matmuls and convs :func:`Int8Matmul` looked at (empty when it did not run or found none)."""
     attrs = mod.attrs or {}
     return json.loads(str(attrs[INT8_REPORT_ATTR])) if INT8_REPORT_ATTR in attrs else []

@@ -60,6 +60,8 @@ class Isa:
 VNNI = Isa("vnni", "llvm.x86.avx512.vpdpbusd.512", 16, True)
 SDOT = Isa("sdot", "llvm.aarch64.neon.sdot.v4i32.v16i8", 4, False)
 NEON_MAC = Isa("neon", None, 4, False)
+# AArch64 i8mm: a 2x8 by 8x2 int8 matrix product into a 2x2 int32 block (kernel_mmla).
+SMMLA = Isa("smmla", "llvm.aarch64.neon.smmla.v4i32.v16i8", 4, False)
 
 
 def rvv_mac(vlen: int) -> Isa:
@@ -67,15 +69,18 @@ def rvv_mac(vlen: int) -> Isa:
     return Isa("rvv", None, vlen // 32, False)
 
 
-def isa_for(preset) -> Isa | None:
-    """How a CPU preset multiplies int8 (dot products where it has them), or None (x86 without
-    AVX-512 VNNI: TVM's generic int32 code)."""
+def isa_for(preset, op: str = "conv") -> Isa | None:
+    """How a CPU preset multiplies int8 in a ``conv`` or ``matmul`` kernel (dot products where it
+    has them; i8mm's ``smmla`` for matmuls), or None (x86 without AVX-512 VNNI: TVM's generic
+    int32 code)."""
     from tvm.target.codegen import target_has_features
 
     target = preset.tvm_target()
     if preset.arch == "x86_64" and target_has_features("avx512vnni", target):
         return VNNI
     if preset.arch == "aarch64":
+        if op == "matmul" and target_has_features("i8mm", target):
+            return SMMLA
         return SDOT if target_has_features("dotprod", target) else NEON_MAC
     if preset.arch == "riscv64" and preset.vlen:
         return rvv_mac(preset.vlen)
@@ -234,6 +239,109 @@ def kernel(lead: tuple[int, ...], k: int, n: int, a_dtype: str, isa: Isa, c: int
                               i64(min(rest, half)), i64(max(rest - half, 0)))
 
     return int8_matmul.with_attr("op_pattern", 4)  # OutEWiseFusable: the requantization fuses in
+
+
+# -- i8mm matrix products ------------------------------------------------------------------------
+def mmla_tile(m: int, n: int) -> tuple[int, int]:
+    """``(CP, RP)`` for :func:`kernel_mmla`: column pairs a tile (up to 4) and row pairs a pass
+    (``CP * RP <= 24`` accumulators)."""
+    pairs = -(-n // 2)
+    cp = min(pairs, 4)
+    return cp, max(1, min(-(-m // 2), MAX_ACCUMULATORS // cp))
+
+
+def pack_mmla(centered_kn: np.ndarray, cp: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(packed, wz, cw)`` for :func:`kernel_mmla` from the int32 constant ``Bc = b - zb``
+    ``[K, N]`` (as :func:`pack`): int8 ``[Np / T, Kp / 8, CP, 16]`` with ``T = 2 * CP`` columns a
+    tile, ``K`` padded to ``Kp`` (a multiple of 8) and ``N`` to ``Np`` (whole tiles) with zeros;
+    bytes ``8*h + j`` of pair ``p`` hold column ``t*T + 2*p + h`` at ``k = 8*q + j``, the 8x2
+    matrix ``smmla`` takes."""
+    packed = pack(centered_kn, 1, 1)
+    if packed is None:
+        return None
+    k, n = centered_kn.shape
+    _, wz, cw = packed
+    offset = -wz[:n].astype(np.int64)
+    w = (centered_kn - offset).T.astype(np.int8)  # [N, K], as pack() chose
+    kp, tile = -(-k // 8) * 8, 2 * cp
+    np_ = -(-n // tile) * tile
+    w = np.pad(w, ((0, np_ - n), (0, kp - k)))
+    wz, cw = np.pad(wz[:n], (0, np_ - n)), np.pad(cw[:n], (0, np_ - n))
+    blocks = w.reshape(np_ // tile, cp, 2, kp // 8, 8).transpose(0, 3, 1, 2, 4).reshape(np_ // tile, kp // 8, cp, 16)
+    return np.ascontiguousarray(blocks), wz, cw
+
+
+def kernel_mmla(lead: tuple[int, ...], k: int, n: int, a_dtype: str, cp: int, rp: int) -> tvm.tirx.PrimFunc:
+    """``y[*lead, N] (int32) = (a - za) @ (w - wz)`` as :func:`kernel`, on AArch64 i8mm: each
+    ``smmla`` multiplies two rows' 8 activations by two columns' 8 weights into a 2x2 int32
+    block. A prologue writes the activations signed (``a' = a - 128`` for uint8), ``K`` padded to
+    a multiple of 8 and the rows to an even count, and sums each row; then in parallel over
+    tiles of ``2 * CP`` columns, per pass of ``RP`` row pairs, ``RP * CP`` blocks stay in
+    registers across ``K``; the corrections are applied as the blocks are stored."""
+    m = int(np.prod(lead))
+    kp, mp, tile = -(-k // 8) * 8, -(-m // 2) * 2, 2 * cp
+    np_ = -(-n // tile) * tile
+    offset = -128 if a_dtype == "uint8" else 0
+    i64 = T.int64
+    lead_ = [i64(d) for d in lead]
+    m_, mp_, k_, kb_, n_ = i64(m), i64(mp), i64(k), i64(kp // 8), i64(n)
+    nt_, tile_, cp_ = i64(np_ // tile), i64(tile), i64(cp)
+    full, rest = divmod(mp // 2, rp)
+    at, columns = row_indexing(lead_)
+
+    @T.macro
+    def pass_(ap, za, packed, wz, cw, rowsum, y, acc, vt, first, count):  # rows 2*first .. 2*(first+count)
+        for r in T.unroll(count):
+            for v in T.unroll(cp_):
+                acc[r, v, T.ramp(0, 1, 4)] = T.broadcast(T.int32(0), 4)
+        for q in range(kb_):
+            for r in T.unroll(count):
+                for v in T.unroll(cp_):
+                    acc[r, v, T.ramp(0, 1, 4)] = T.call_llvm_pure_intrin(
+                        "int32x4", SMMLA.intrinsic, acc[r, v, T.ramp(0, 1, 4)],
+                        T.Shuffle([ap[(first + r) * 2, T.ramp(q * 8, 1, 8)], ap[(first + r) * 2 + 1, T.ramp(q * 8, 1, 8)]],
+                                  list(range(16))),
+                        packed[vt, q, v, T.ramp(0, 1, 16)])
+        for r in T.unroll(count):
+            for v in T.unroll(cp_):
+                for lane in T.unroll(4):
+                    if (first + r) * 2 + lane // 2 < m_ and vt * tile_ + v * 2 + lane % 2 < n_:
+                        y[at((first + r) * 2 + lane // 2, vt * tile_ + v * 2 + lane % 2)] = (
+                            acc[r, v, lane] - wz[vt * tile_ + v * 2 + lane % 2] * rowsum[(first + r) * 2 + lane // 2]
+                            - (za[()] + offset) * cw[vt * tile_ + v * 2 + lane % 2])
+
+    @T.prim_func(private=True, s_tir=True)
+    def int8_matmul_mmla(a: T.Buffer((*lead_, k_), a_dtype), za: T.Buffer((), "int32"),
+                         packed: T.Buffer((nt_, kb_, cp_, 16), "int8"), wz: T.Buffer((i64(np_),), "int32"),
+                         cw: T.Buffer((i64(np_),), "int32"), y: T.Buffer((*lead_, n_), "int32")):
+        ap = T.alloc_buffer((mp_, kb_ * 8), "int8")
+        rowsum = T.alloc_buffer((mp_,), "int32")
+        for i in range(mp_):
+            with T.sblock("int8_prologue"):
+                vi = T.axis.spatial(mp_, i)
+                T.reads(a[at(T.min(vi, m_ - 1), slice(0, k_))])
+                T.writes(ap[vi, 0:kb_ * 8], rowsum[vi])
+                T.sblock_attr({PROLOGUE_ATTR: 1})
+                for kk in range(kb_ * 8):
+                    ap[vi, kk] = T.Cast("int8", T.if_then_else(
+                        vi < m_ and kk < k_, T.Cast("int32", a[at(T.min(vi, m_ - 1), T.min(kk, k_ - 1))]) + offset, 0))
+                rowsum[vi] = 0
+                for kk in range(kb_ * 8):
+                    rowsum[vi] = rowsum[vi] + T.Cast("int32", ap[vi, kk])
+        for t in range(nt_):
+            with T.sblock("int8_matmul"):
+                vt = T.axis.spatial(nt_, t)
+                T.reads(ap[0:mp_, 0:kb_ * 8], rowsum[0:mp_], za[()], packed[vt, 0:kb_, 0:cp_, 0:16],
+                        wz[vt * tile_:vt * tile_ + tile_], cw[vt * tile_:vt * tile_ + tile_])
+                T.writes(y[columns(vt * tile_, tile_)])
+                T.sblock_attr({INT8_ATTR: 1, "edgecc.isa": SMMLA.intrinsic})
+                acc = T.sblock_alloc_buffer((i64(rp), cp_, i64(4)), "int32")
+                for i0 in range(i64(full)):
+                    pass_(ap, za, packed, wz, cw, rowsum, y, acc, vt, i0 * rp, i64(rp))
+                if rest > 0:
+                    pass_(ap, za, packed, wz, cw, rowsum, y, acc, vt, i64(full * rp), i64(rest))
+
+    return int8_matmul_mmla.with_attr("op_pattern", 4)
 
 
 def kernel_of(sch: Schedule):

@@ -140,6 +140,23 @@ def test_column_counts_off_the_simd_width_run_the_kernel_too(target, tmp_path):
     np.testing.assert_allclose(_output(bundle, inputs), _reference(model, inputs), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(shutil.which("aarch64-linux-gnu-objdump") is None, reason="no aarch64 binutils")
+@pytest.mark.parametrize("how", ["dynamic", "QDQ int8"])
+def test_i8mm_matmuls_use_smmla_and_match_under_qemu(how, tmp_path):
+    """``--mattr +i8mm``: matmuls as 2x8 by 8x2 matrix products (odd rows, K and N not
+    multiples of 8 or 16), exact in int32 under qemu."""
+    from edgecc.targets import get_target
+
+    fp32 = ffn_model(d_model=36, hidden=100, seq=5)
+    model = _dynamic(fp32, tmp_path) if how == "dynamic" else _static(fp32, tmp_path, QuantFormat.QDQ,
+                                                                          QuantType.QInt8, True)
+    inputs = sample_inputs(model)
+    bundle = edgecc.compile(model, get_target("arm-a76", mattr=["+i8mm"]))
+    assert all(k and k.startswith("int8_matmul_smmla") for k in _kernels(bundle)), _kernels(bundle)
+    assert _kernel_ops(bundle, "aarch64-linux-gnu-objdump", r"int8_matmul\w*_compute_$", r"\bsmmla\s") > 0
+    np.testing.assert_allclose(_output(bundle, inputs), _reference(model, inputs), rtol=1e-5, atol=1e-5)
+
+
 def _kernel_ops(bundle, objdump, pattern, ops) -> int:
     """How many instructions matching ``ops`` the library's kernels named ``pattern`` hold."""
     from tests.e2e.test_vectorize import kernel_ranges
