@@ -1,5 +1,9 @@
-"""INT8 matmul with a constant weight: integer dot products (x86 AVX-512 VNNI ``vpdpbusd``,
-AArch64 ``sdot``), int32 out, the requantization after it fused in as an epilogue.
+"""INT8 matmuls and convolutions with a constant weight: int8 x int8 products accumulated in
+int32 (x86 AVX-512 VNNI ``vpdpbusd`` and AArch64 ``sdot`` dot products, AArch64 i8mm ``smmla``
+matrix products for matmuls, widening multiply-accumulates on NEON without dotprod and on RVV:
+see :class:`Isa` and :func:`isa_for`), the requantization after them fused in as an epilogue.
+Convolutions: :func:`conv_kernel` (channels-last, each kernel row one contiguous run);
+i8mm matmuls: :func:`kernel_mmla`. The rest of this docstring describes the matmul.
 
 The importers write every quantized matmul (``MatMulInteger``, ``QLinearMatMul``,
 ``QGemm``, and QDQ ``MatMul`` folded into ``QLinearMatMul``) as
