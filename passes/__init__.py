@@ -8,8 +8,8 @@ regions channels-last (:mod:`.channels_last`), the layout the CPU kernels in
 ``edgecc.schedules`` vectorise, and sparse constant weights become fused block-sparse
 kernels (:mod:`.sparsify`, ``sparsity="off"`` disables it). On CPU targets the first pass
 turns matmuls reading 4-bit weights into INT4 kernels (:mod:`.quantize`), before constant
-folding would expand those weights to float32, and after constant folding int8 matmuls become
-dot-product kernels (:mod:`.quantize`, ``Int8Matmul``). Half-precision matmuls and softmaxes accumulate
+folding would expand those weights to float32, and after constant folding int8 matmuls and
+convs become integer kernels (:mod:`.quantize`, ``Int8Matmul``; on CUDA matmuls, with ``dp4a``). Half-precision matmuls and softmaxes accumulate
 in float32 (:mod:`.precision`).
 """
 
@@ -36,6 +36,6 @@ def graph_passes(preset, sparsity: str = "auto") -> list:
               relax.transform.DeadCodeElimination(), AccumulateFloat32()]
     if preset.device == "cpu":
         passes += [ChannelsLast(), relax.transform.DeadCodeElimination(),
-                   Sparsify(preset, sparsity), relax.transform.DeadCodeElimination(),
-                   Int8Matmul(preset), relax.transform.DeadCodeElimination()]
+                   Sparsify(preset, sparsity), relax.transform.DeadCodeElimination()]
+    passes += [Int8Matmul(preset), relax.transform.DeadCodeElimination()]
     return passes + [relax.transform.FoldConstant()]

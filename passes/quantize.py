@@ -185,6 +185,8 @@ class _Int8(PyExprMutator):
         dot-product conv kernel; False where it does not apply."""
         from edgecc.schedules import int8
 
+        if self.isa is None:  # (CUDA: matmuls only)
+            return False
         call = binding.value
         attrs = call.attrs
         found = self._conv_input(call.args[0])
@@ -254,6 +256,8 @@ class _Int8(PyExprMutator):
         if self.matmul_isa is int8.SMMLA:
             tiles = int8.mmla_tile(m, n)
             packed = int8.pack_mmla(weight.astype(np.int32), tiles[0])
+        elif self.matmul_isa is int8.DP4A:
+            tiles, packed = (), int8.pack_dp4a(weight.astype(np.int32))
         else:
             tiles = int8.tile_vectors(m, n, self.isa.lanes)
             packed = int8.pack(weight.astype(np.int32), self.isa.lanes, tiles[0], self.isa.dot)
@@ -264,6 +268,8 @@ class _Int8(PyExprMutator):
         if self.matmul_isa is int8.SMMLA:
             func = int8.kernel_mmla(lead, k, n, str(a.ty.dtype), *tiles)
             how = "int8 x int8 matrix products (i8mm smmla)"
+        elif self.matmul_isa is int8.DP4A:
+            func, how = int8.kernel_dp4a(lead, k, n, str(a.ty.dtype)), "int8 x int8 dot products (CUDA __dp4a)"
         else:
             func, how = int8.kernel(lead, k, n, str(a.ty.dtype), self.isa, *tiles), self._how()
         gvar = self.builder_.add_func(func, f"int8_matmul_{self.matmul_isa.name}")
@@ -284,11 +290,11 @@ def Int8Matmul(preset):  # noqa: N802 (TVM pass naming)
 
     @tvm.transform.module_pass(opt_level=0, name="edgecc.Int8Matmul")
     def _pass(mod, _ctx):
-        isa = int8.isa_for(preset)
-        if isa is None:
+        isa, matmul_isa = int8.isa_for(preset), int8.isa_for(preset, "matmul")
+        if matmul_isa is None:
             return mod
         report: list[dict] = []
-        rewriter = _Int8(mod, isa, int8.isa_for(preset, "matmul"), report)
+        rewriter = _Int8(mod, isa, matmul_isa, report)
         for gvar, func in list(mod.functions_items()):
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))

@@ -66,6 +66,8 @@ SDOT = Isa("sdot", "llvm.aarch64.neon.sdot.v4i32.v16i8", 4, False)
 NEON_MAC = Isa("neon", None, 4, False)
 # AArch64 i8mm: a 2x8 by 8x2 int8 matrix product into a 2x2 int32 block (kernel_mmla).
 SMMLA = Isa("smmla", "llvm.aarch64.neon.smmla.v4i32.v16i8", 4, False)
+# CUDA: __dp4a, four signed byte products added to an int32 per thread (kernel_dp4a).
+DP4A = Isa("dp4a", "__dp4a", 1, False)
 
 
 def rvv_mac(vlen: int) -> Isa:
@@ -79,6 +81,8 @@ def isa_for(preset, op: str = "conv") -> Isa | None:
     int32 code)."""
     from tvm.target.codegen import target_has_features
 
+    if preset.device == "cuda":
+        return DP4A if op == "matmul" else None
     target = preset.tvm_target()
     if preset.arch == "x86_64" and target_has_features("avx512vnni", target):
         return VNNI
@@ -346,6 +350,79 @@ def kernel_mmla(lead: tuple[int, ...], k: int, n: int, a_dtype: str, cp: int, rp
                     pass_(ap, za, packed, wz, cw, rowsum, y, acc, vt, i64(full * rp), i64(rest))
 
     return int8_matmul_mmla.with_attr("op_pattern", 4)
+
+
+# -- CUDA ----------------------------------------------------------------------------------------
+DP4A_THREADS = (8, 32)  # threads a block: rows x columns of outputs
+DP4A_RULE = "edgecc.int8-dp4a"
+
+
+def pack_dp4a(centered_kn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(packed, wz, cw)`` for :func:`kernel_dp4a` from ``Bc = b - zb`` ``[K, N]`` (as
+    :func:`pack`): int32 ``[Kp / 4, N]``, each word the four int8 weights of one column at
+    ``k = 4*q .. 4*q + 3`` (byte ``j``: ``k = 4*q + j``), ``K`` zero-padded to ``Kp``."""
+    packed = pack(centered_kn, 1, 1)
+    if packed is None:
+        return None
+    k, n = centered_kn.shape
+    _, wz, cw = packed
+    w = (centered_kn + wz[:n].astype(np.int64)).astype(np.int8)  # [K, N], as pack() chose
+    kp = -(-k // 4) * 4
+    w = np.pad(w, ((0, kp - k), (0, 0)))
+    words = np.ascontiguousarray(w.reshape(kp // 4, 4, n).transpose(0, 2, 1)).view(np.int32).reshape(kp // 4, n)
+    return words, wz[:n], cw[:n]
+
+
+def kernel_dp4a(lead: tuple[int, ...], k: int, n: int, a_dtype: str) -> tvm.tirx.PrimFunc:
+    """``y[*lead, N] (int32) = (a - za) @ (w - wz)`` as :func:`kernel`, on CUDA with ``__dp4a``
+    (written scheduled): one kernel packs each row's activations signed (``a' = a - 128`` for
+    uint8) four to a word and sums them; another gives each thread one output, its column's
+    weight words read coalesced across the warp, and applies the corrections."""
+    m = int(np.prod(lead))
+    kq = -(-k // 4)
+    offset = -128 if a_dtype == "uint8" else 0
+    ty, tx = DP4A_THREADS
+    i64 = T.int64
+    lead_ = [i64(d) for d in lead]
+    m_, k_, kq_, n_ = i64(m), i64(k), i64(kq), i64(n)
+    at, _ = row_indexing(lead_)
+
+    @T.prim_func(private=True, s_tir=True)
+    def int8_matmul_dp4a(a: T.Buffer((*lead_, k_), a_dtype), za: T.Buffer((), "int32"),
+                         packed: T.Buffer((kq_, n_), "int32"), wz: T.Buffer((n_,), "int32"),
+                         cw: T.Buffer((n_,), "int32"), y: T.Buffer((*lead_, n_), "int32")):
+        ap = T.alloc_buffer((m_, kq_), "int32")
+        rowsum = T.alloc_buffer((m_,), "int32")
+        for bx in T.thread_binding(i64(-(-m // 64)), thread="blockIdx.x"):
+            for tx_ in T.thread_binding(i64(64), thread="threadIdx.x"):
+                with T.sblock("int8_rows"):
+                    vi = T.axis.spatial(m_, bx * 64 + tx_)
+                    T.where(bx * 64 + tx_ < m_)
+                    rowsum[vi] = 0
+                    for q in range(kq_):
+                        ap[vi, q] = T.int32(0)
+                        for j in range(4):
+                            if q * 4 + j < k_:
+                                ap[vi, q] = ap[vi, q] | T.shift_left(
+                                    T.bitwise_and(T.Cast("int32", a[at(vi, q * 4 + j)]) + offset, 255), T.Cast("int32", j * 8))
+                                rowsum[vi] = rowsum[vi] + T.Cast("int32", a[at(vi, q * 4 + j)]) + offset
+        for by in T.thread_binding(i64(-(-m // ty)), thread="blockIdx.y"):
+            for bx in T.thread_binding(i64(-(-n // tx)), thread="blockIdx.x"):
+                for ty_ in T.thread_binding(i64(ty), thread="threadIdx.y"):
+                    for tx_ in T.thread_binding(i64(tx), thread="threadIdx.x"):
+                        with T.sblock("int8_dp4a"):
+                            vm = T.axis.spatial(m_, by * ty + ty_)
+                            vn = T.axis.spatial(n_, bx * tx + tx_)
+                            T.where(by * ty + ty_ < m_ and bx * tx + tx_ < n_)
+                            acc = T.sblock_alloc_buffer((1,), "int32", scope="local")
+                            acc[0] = 0
+                            for q in range(kq_):
+                                acc[0] = T.call_pure_extern("int32", "__dp4a", ap[vm, q], packed[q, vn], acc[0])
+                            y[at(vm, vn)] = acc[0] - wz[vn] * rowsum[vm] - (za[()] + offset) * cw[vn]
+
+    # Opaque: its epilogue is left to its own (dlight) kernel rather than fused unscheduled.
+    return int8_matmul_dp4a.with_attr("op_pattern", 8).with_attr("tirx.is_scheduled", True).with_attr(
+        "edgecc.schedule", DP4A_RULE)
 
 
 def kernel_of(sch: Schedule):

@@ -79,3 +79,39 @@ def _local_sm():
     cap = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"],
                          capture_output=True, text=True, check=True).stdout.split()[0]
     return "sm_" + cap.replace(".", "")
+
+
+def _quantized_ffn(tmp_path):
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgecc.zoo import ffn_model, sample_inputs
+
+    onnx.save(ffn_model(d_model=36, hidden=100, seq=5), tmp_path / "fp32.onnx")
+    quantize_dynamic(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", weight_type=QuantType.QInt8)
+    model = onnx.load(tmp_path / "int8.onnx")
+    return model, sample_inputs(model)
+
+
+def test_int8_matmuls_compile_to_dp4a(tmp_path, monkeypatch):
+    """Quantized matmuls on CUDA: edgecc's __dp4a kernel (K = 36, N = 100: padded and ragged),
+    in the source nvcc compiles."""
+    import edgecc.cuda
+
+    sources = []
+    compile_source = edgecc.cuda.nvcc_fatbin
+    monkeypatch.setattr(edgecc.cuda, "nvcc_fatbin", lambda source, arch: sources.append(source)
+                        or compile_source(source, arch))
+    model, _ = _quantized_ffn(tmp_path)
+    bundle = edgecc.compile(model, "cuda")
+    layers = bundle.manifest["quantization"]["int8_layers"]
+    assert [layer["kernel"] for layer in layers] == ["int8_matmul_dp4a", "int8_matmul_dp4a1"], layers
+    assert sum(source.count("__dp4a(") for source in sources) == 2
+
+
+@needs_gpu
+def test_int8_dp4a_matches_onnxruntime(tmp_path):
+    model, inputs = _quantized_ffn(tmp_path)
+    bundle = edgecc.compile(model, "cuda", cuda_arch=_local_sm())
+    reference = onnxruntime_outputs(model, inputs)
+    np.testing.assert_allclose(list(bundle.run(inputs).values())[0], reference[0], rtol=1e-5, atol=1e-5)

@@ -114,3 +114,4 @@ def test_vnni_kernel_matches_numpy_with_int8_activations(lead, k, n, group):
     want = _int8_rows(x.reshape(m, k), group).astype(np.float64) @ _dequantized(codes, scales, zeros, group).T
     # exact integer dot products; the float32 scaling per group rounds: relative 1e-5 plus a floor
     np.testing.assert_allclose(out.numpy().reshape(m, n), want, rtol=1e-5, atol=1e-4 * np.sqrt(k))
+
