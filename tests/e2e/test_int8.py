@@ -444,3 +444,28 @@ def test_qdq_gemm_classifier_fuses_to_an_int8_kernel(tmp_path):
     assert [layer["weight"] for layer in matmuls] == [[32, 10]] and matmuls[0]["kernel"], matmuls
     inputs = sample_inputs(model)
     assert np.abs(_output(bundle, inputs) - _reference(model, inputs)).max() <= _output_step(model) * 1.001
+
+
+@pytest.mark.parametrize("batch, pads, strides", [(2, [1, 1, 1, 1], [1, 1]), (3, [0, 1, 2, 0], [2, 1]),
+                                                   (1, [2, 0, 0, 1], [1, 2])])
+@pytest.mark.parametrize("target", ["host", "arm"])
+def test_int8_conv_batches_uneven_pads_and_strides_are_exact(batch, pads, strides, target):
+    """Batches, asymmetric padding and unequal strides on a 9 x 11 image, 5 -> 20 channels."""
+    if target == "host" and not target_has_features("avx512vnni", get_target("host").tvm_target()):
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    rng = np.random.default_rng(batch)
+    h = onnx.helper
+    inits = [onnx.numpy_helper.from_array(v, n) for n, v in (
+        ("xs", np.float32(0.05)), ("xz", np.uint8(100)), ("ys", np.float32(0.3)), ("yz", np.uint8(7)),
+        ("w", rng.integers(-127, 128, (20, 5, 3, 3)).astype(np.int8)),
+        ("ws", (rng.random(20) * 0.01 + 0.001).astype(np.float32)), ("wz", np.zeros(20, np.int8)))]
+    node = h.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], kernel_shape=[3, 3],
+                       strides=strides, pads=pads)
+    model = h.make_model(h.make_graph([node], "conv", [h.make_tensor_value_info("x", onnx.TensorProto.UINT8,
+                                                                               [batch, 5, 9, 11])],
+                                      [h.make_tensor_value_info("y", onnx.TensorProto.UINT8, None)], inits),
+                         opset_imports=[h.make_opsetid("", 13)])
+    bundle = edgecc.compile(model, target)
+    assert len(_conv_kernels(bundle)) == 1 and _conv_kernels(bundle)[0], _conv_kernels(bundle)
+    inputs = {"x": rng.integers(0, 256, (batch, 5, 9, 11)).astype(np.uint8)}
+    np.testing.assert_array_equal(_output(bundle, inputs), _reference(model, inputs))
