@@ -9,7 +9,8 @@ the 4-layer encoder of ``bench/tuned.py`` (d_model 256, 128 tokens), each quanti
 ``dynamic`` (``quantize_dynamic``: DynamicQuantizeLinear + MatMulInteger, int8 weights) and
 ``QDQ`` (``quantize_static``, uint8 activations calibrated on 8 seeded batches, int8 weights
 per channel); and the onnx wheel's squeezenet and resnet50 (converted to opset 13, logits
-output), QDQ only, after ONNX Runtime's recommended ``quant_pre_process`` (which folds batch
+output) and a MobileNet-v1 (``edgecc.zoo.mobilenet_model``, 112 x 112: depthwise and 1x1
+convs), QDQ only, after ONNX Runtime's recommended ``quant_pre_process`` (which folds batch
 norms into the convs). Columns: medians (ms) of edgecc int8, ONNX Runtime int8, edgecc fp32
 and ONNX Runtime fp32; edgecc int8 / ORT int8 (below 1: edgecc faster); edgecc fp32 / edgecc
 int8; the matmuls and convs edgecc ran as integer kernels; the output's max abs difference
@@ -32,9 +33,10 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 
 import edgecc
 from edgecc.bench import bundle_runner, interleaved, onnxruntime_session, session_runner
-from edgecc.zoo import encoder_model, ffn_model, light_model, logits_model, sample_inputs
+from edgecc.zoo import encoder_model, ffn_model, light_model, logits_model, mobilenet_model, sample_inputs
 
-MODELS = ("ffn", "encoder", "squeezenet", "resnet50")
+MODELS = ("ffn", "encoder", "squeezenet", "resnet50", "mobilenet")
+CONVNETS = ("squeezenet", "resnet50", "mobilenet")
 
 
 class Calibration(CalibrationDataReader):
@@ -77,6 +79,8 @@ def fp32_model(name: str) -> onnx.ModelProto:
         return ffn_model()
     if name == "encoder":
         return encoder_model()
+    if name == "mobilenet":
+        return mobilenet_model()
     return onnx.version_converter.convert_version(logits_model(light_model(name)), 13)
 
 
@@ -104,7 +108,7 @@ def main() -> None:
             model = fp32_model(name)
             fp32 = edgecc.compile(model, "host")
             inputs = sample_inputs(model)
-            convnet = name in ("squeezenet", "resnet50")
+            convnet = name in CONVNETS
             for how in ("QDQ",) if convnet else ("dynamic", "QDQ"):
                 q = quantized(model, how, Path(tmp), preprocess=convnet)
                 int8 = edgecc.compile(q, "host")

@@ -204,11 +204,13 @@ class _Int8(PyExprMutator):
         self.report.append(entry)
         tiles = int8.conv_tile(oc, out_shape[2], self.isa.lanes)
         packed = int8.pack_conv(weight.astype(np.int32), self.isa.lanes, tiles[0], self.isa.dot)
-        reason = ("groups" if int(attrs.groups) != 1 else
-                  "dilation" if any(int(d) != 1 for d in attrs.dilation) else
-                  "weights beyond int8 (a weight zero point)" if packed is None else None)
+        depthwise = int(attrs.groups) == oc and ch == 1
+        reason = ("depthwise: the int32 depthwise kernel, vectorised across channels" if depthwise else
+                  "grouped: generic int32 conv" if int(attrs.groups) != 1 else
+                  "dilated: generic int32 conv" if any(int(d) != 1 for d in attrs.dilation) else
+                  "weights beyond int8 (a weight zero point): generic int32 conv" if packed is None else None)
         if reason is not None:
-            entry["reason"] = reason + ": generic int32 conv"
+            entry["reason"] = reason
             return False
         func = int8.conv_kernel(tuple(static_shape(a)), layout, str(a.ty.dtype), oc, (kh, kw),
                                 tuple(int(s) for s in attrs.strides), tuple(int(p) for p in attrs.padding),

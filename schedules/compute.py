@@ -187,6 +187,16 @@ def _ints(values) -> list[int]:
     return [int(v) for v in values]
 
 
+def _int32_depthwise(call: relax.Call, weight) -> bool:
+    """An NHWC depthwise conv of int32 data by an int32 constant into int32 (how quantized ones
+    import): the same kernel as float32's, vectorised across channels."""
+    attrs = call.attrs
+    return ((attrs.data_layout, attrs.kernel_layout, attrs.out_layout) == ("NHWC", "OIHW", "NHWC")
+            and weight is not None and weight.dtype == np.int32 and weight.ndim == 4 and weight.shape[1] == 1
+            and int(attrs.groups) == weight.shape[0] and str(call.args[0].ty.dtype) == "int32"
+            and str(attrs.out_dtype) in ("", "int32", "void", "None"))
+
+
 def conv2d_legalizer(lanes: int, winograd=None):
     """A ``relax.nn.conv2d`` legalization for CPUs with ``lanes`` fp32 SIMD lanes.
     ``winograd(in_shape, out_channels, padding) -> bool`` (a :class:`.winograd.Policy`) picks
@@ -198,6 +208,10 @@ def conv2d_legalizer(lanes: int, winograd=None):
     def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         attrs = call.attrs
         weight = const_array(call.args[1])
+        if _int32_depthwise(call, weight):  # a quantized depthwise conv (zero points subtracted)
+            packed = np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0))
+            return bb.call_te(depthwise_conv2d_nhwc, call.args[0], relax.const(packed), _ints(attrs.strides),
+                              _ints(attrs.padding), _ints(attrs.dilation), primfunc_name_hint="depthwise_conv2d")
         if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NHWC", "OIHW", "NHWC") \
                 or weight is None or weight.dtype != np.float32 or call.args[0].ty.dtype != "float32" \
                 or (attrs.out_dtype and str(attrs.out_dtype) not in ("", "float32")):

@@ -469,3 +469,20 @@ def test_int8_conv_batches_uneven_pads_and_strides_are_exact(batch, pads, stride
     assert len(_conv_kernels(bundle)) == 1 and _conv_kernels(bundle)[0], _conv_kernels(bundle)
     inputs = {"x": rng.integers(0, 256, (batch, 5, 9, 11)).astype(np.uint8)}
     np.testing.assert_array_equal(_output(bundle, inputs), _reference(model, inputs))
+
+
+@pytest.mark.parametrize("target", ["host", "arm", "riscv"])
+def test_quantized_depthwise_convs_run_the_depthwise_kernel(target, tmp_path):
+    """A QDQ MobileNet: its depthwise convs run edgecc's depthwise kernel on int32 (vectorised
+    across channels) rather than TVM's generic conv; the whole network equals ONNX Runtime on
+    the quantized model here."""
+    from edgecc.zoo import mobilenet_model
+
+    model = _static(mobilenet_model(resolution=32, blocks=((64, 1), (128, 2)), classes=10), tmp_path,
+                    QuantFormat.QDQ, QuantType.QUInt8, True)
+    bundle = edgecc.compile(model, target)
+    rules = next(p for p in bundle.manifest["passes"] if p["phase"] == "schedule")["kernels"]
+    depthwise = {k: r for k, r in rules.items() if "depthwise" in k}
+    assert len(depthwise) == 2 and all(r == "tiled-reduction[depthwise_conv2d_nhwc]" for r in depthwise.values()), rules
+    inputs = sample_inputs(model)
+    assert np.abs(_output(bundle, inputs) - _reference(model, inputs)).max() <= _output_step(model) * 1.001
