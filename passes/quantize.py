@@ -205,6 +205,18 @@ class _Int8(PyExprMutator):
         tiles = int8.conv_tile(oc, out_shape[2], self.isa.lanes)
         packed = int8.pack_conv(weight.astype(np.int32), self.isa.lanes, tiles[0], self.isa.dot)
         depthwise = int(attrs.groups) == oc and ch == 1
+        if depthwise and layout == "NHWC" and weight.min() >= -128 and weight.max() <= 127:
+            from edgecc.schedules.compute import depthwise_conv2d_nhwc_int8
+
+            packed_dw = np.ascontiguousarray(weight[:, 0].transpose(1, 2, 0)).astype(np.int8)
+            call = self.builder_.call_te(
+                depthwise_conv2d_nhwc_int8, self.visit_expr(a), self._zero(zero), relax.const(packed_dw),
+                [int(x) for x in attrs.strides], [int(x) for x in attrs.padding], [int(x) for x in attrs.dilation],
+                primfunc_name_hint="depthwise_conv2d_int8")
+            entry["kernel"] = call.args[0].name_hint
+            entry["reason"] = "depthwise: int32 products of the int8 input and weights, vectorised across channels"
+            rebind(self, binding, call)
+            return True
         reason = ("depthwise: the int32 depthwise kernel, vectorised across channels" if depthwise else
                   "grouped: generic int32 conv" if int(attrs.groups) != 1 else
                   "dilated: generic int32 conv" if any(int(d) != 1 for d in attrs.dilation) else

@@ -146,6 +146,15 @@ def depthwise_conv2d_nhwc(data, weight, strides, padding, dilation):
         name="depthwise_conv2d_nhwc", attrs={"edgecc.kernel": "depthwise_conv2d_nhwc"})
 
 
+def depthwise_conv2d_nhwc_int8(data, zero, weight, strides, padding, dilation):
+    """A quantized depthwise conv read straight from its int8/uint8 input: ``int32(data) -
+    zero`` (padding is the zero point, so 0 once centred) by the int8 ``weight [KH, KW, C]``,
+    accumulated in int32, as :func:`depthwise_conv2d_nhwc` computes it."""
+    centred = te.compute(data.shape, lambda *i: data(*i).astype("int32") - zero(), name="centred")
+    wide = te.compute(weight.shape, lambda *i: weight(*i).astype("int32"), name="weight_int32")
+    return depthwise_conv2d_nhwc(centred, wide, strides, padding, dilation)
+
+
 def matmul_packed(data, weight, out_features):
     """``out[..., m, n] = sum(data[..., m, k] * weight[n // nb, k, n % nb])``: a constant right-hand
     side packed so each block of ``nb`` columns streams contiguously down ``k``."""

@@ -230,8 +230,8 @@ def test_quantize_int8_runs_int8_kernels_and_stays_close_to_fp32():
 @needs_vnni
 def test_quantize_int8_convs_match_onnxruntime_on_the_same_model():
     """Convs (batch norms folded in) and the classifier quantized as QDQ: the stem and the 1x1
-    convs run as VNNI kernels (the depthwise ones as TVM's int32 conv), within one step of
-    ONNX Runtime on the same quantized model."""
+    convs run as VNNI kernels, the depthwise ones as edgecc's depthwise kernel on the int8
+    input, within one step of ONNX Runtime on the same quantized model."""
     from edgecc.frontend.loader import graph_inputs
     from edgecc.quantize import quantize_int8, random_calibration
     from edgecc.zoo import mobilenet_model
@@ -240,7 +240,8 @@ def test_quantize_int8_convs_match_onnxruntime_on_the_same_model():
     samples = random_calibration(graph_inputs(model), 2, seed=6)
     bundle = edgecc.compile(model, "host", quantize="int8", calibration=samples)
     assert bundle.manifest["quantization"]["weights_quantized"] == 6  # stem, 2 x (dw + pw), classifier
-    assert _conv_kernels(bundle) == ["int8_conv_vnni", None, "int8_conv_vnni1", None, "int8_conv_vnni2"]
+    assert _conv_kernels(bundle) == ["int8_conv_vnni", "depthwise_conv2d_int8", "int8_conv_vnni1",
+                                     "depthwise_conv2d_int81", "int8_conv_vnni2"]
     inputs = sample_inputs(model)
     quantized, _ = quantize_int8(model, samples)
     assert not any(n.op_type == "BatchNormalization" for n in quantized.graph.node)
@@ -473,9 +474,9 @@ def test_int8_conv_batches_uneven_pads_and_strides_are_exact(batch, pads, stride
 
 @pytest.mark.parametrize("target", ["host", "arm", "riscv"])
 def test_quantized_depthwise_convs_run_the_depthwise_kernel(target, tmp_path):
-    """A QDQ MobileNet: its depthwise convs run edgecc's depthwise kernel on int32 (vectorised
-    across channels) rather than TVM's generic conv; the whole network equals ONNX Runtime on
-    the quantized model here."""
+    """A QDQ MobileNet: its depthwise convs run edgecc's depthwise kernel (int32 products read
+    straight from the int8 input, vectorised across channels) rather than TVM's generic conv;
+    the whole network equals ONNX Runtime on the quantized model here."""
     from edgecc.zoo import mobilenet_model
 
     model = _static(mobilenet_model(resolution=32, blocks=((64, 1), (128, 2)), classes=10), tmp_path,
