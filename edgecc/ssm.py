@@ -171,11 +171,13 @@ def selective_scan_inputs(model: onnx.ModelProto, seed=0) -> dict[str, np.ndarra
 
 
 def linear_attention_model(rule: str, steps, q_heads: int, kv_heads: int, d_k: int, d_v: int,
-                           past=True, decay="head", beta="head", scale=0.0, chunk_size=None) -> onnx.ModelProto:
+                           past=True, decay="head", beta="head", scale=0.0, chunk_size=None,
+                           as_scan=False) -> onnx.ModelProto:
     """One ONNX ``LinearAttention`` (opset 27) over graph inputs ``query``, ``key``,
     ``value`` (and ``past_state``, ``decay``, ``beta`` as the rule needs); ``decay`` is
     ``head`` ([B, T, H_kv]) or ``key`` ([B, T, H_kv * d_k]), ``beta`` ``head`` or ``one``;
-    ``chunk_size`` set on the node when given."""
+    ``chunk_size`` set on the node when given. ``as_scan``: the op's ONNX function body in its
+    place (what ONNX Runtime runs, a ``Scan`` over time; the form an exporter writes)."""
     value = helper.make_tensor_value_info
     gated, delta = rule in ("gated", "gated_delta"), rule in ("delta", "gated_delta")
     inputs = [value("query", TensorProto.FLOAT, [1, steps, q_heads * d_k]),
@@ -198,7 +200,29 @@ def linear_attention_model(rule: str, steps, q_heads: int, kv_heads: int, d_k: i
     outputs = [value("output", TensorProto.FLOAT, [1, steps, q_heads * d_v]),
                value("present_state", TensorProto.FLOAT, [1, kv_heads, d_k, d_v])]
     graph = helper.make_graph([node], f"linear_attention_{rule}", inputs, outputs)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 27)], ir_version=11)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 27)], ir_version=11)
+    return _inline_function(model) if as_scan else model
+
+
+def _inline_function(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its one node replaced by that node's ONNX function body (the schema's
+    context-dependent function, built for the node's attributes and input types)."""
+    import onnx.inliner
+
+    [node] = model.graph.node
+    types = {v.name: v.type.SerializeToString() for v in model.graph.input}
+    schema = onnx.defs.get_schema(node.op_type, model.opset_import[0].version, node.domain)
+    function = onnx.FunctionProto.FromString(schema.get_context_dependent_function(
+        node.SerializeToString(), [types.get(name, onnx.TypeProto().SerializeToString()) for name in node.input]))
+    function.domain, function.name = "local", node.op_type
+    call = helper.make_node(node.op_type, list(node.input), list(node.output), domain="local")
+    graph = helper.make_graph([call], model.graph.name, list(model.graph.input), list(model.graph.output))
+    wrapped = helper.make_model(graph, opset_imports=[*model.opset_import, helper.make_opsetid("local", 1)],
+                                ir_version=model.ir_version, functions=[function])
+    inlined = onnx.inliner.inline_local_functions(wrapped)
+    del inlined.opset_import[:]
+    inlined.opset_import.extend(model.opset_import)
+    return inlined
 
 
 def linear_attention_inputs(model: onnx.ModelProto, seed=0) -> dict[str, np.ndarray]:

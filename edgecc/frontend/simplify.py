@@ -199,6 +199,9 @@ class Simplifier:
             self.arrays[name] = numpy_helper.to_array(self.consts[name])
         return self.arrays[name]
 
+    def _constant(self, name: str) -> np.ndarray | None:
+        return self.array(name) if name in self.consts else None
+
     def set_const(self, name: str, value) -> None:
         value = np.asarray(value)
         self.consts[name] = numpy_helper.from_array(value, name)
@@ -280,7 +283,8 @@ class Simplifier:
             self.set_const(axes, self.array(node.input[1]).reshape(1))
             return [helper.make_node(op, [node.input[0], axes], list(node.output), name=node.name)]
         if op == "Scan":
-            rewritten = ssm_scans.rewrite_scan(node, self.shapes)
+            rewritten = ssm_scans.rewrite_scan(node, self.shapes, self._constant, self.namer,
+                                               {"": self.opsets.get("", 27)})
             if rewritten is not None and ssm_scans.DOMAIN not in self.opsets:
                 self.opsets[ssm_scans.DOMAIN] = 1
                 self.model.opset_import.append(helper.make_opsetid(ssm_scans.DOMAIN, 1))

@@ -49,11 +49,14 @@ def _dummy(rank: int):
     return relax.const(np.zeros((1,) * rank, np.float32))
 
 
+@register_converter("LinearAttention", domain="ai.edgecc")
 @register_converter("LinearAttention")
 class LinearAttention(OnnxOpConverter):
     """``LinearAttention`` (opset 27): every ``update_rule``, GQA, per-head or per-key-dim
     decay, per-head or scalar ``beta``, with or without ``past_state``; as one
-    :func:`edgecc.schedules.ssm.linear_attention` kernel."""
+    :func:`edgecc.schedules.ssm.linear_attention` kernel. ``ai.edgecc::LinearAttention`` is
+    the same op, edgecc-internal: what :mod:`edgecc.passes.ssm` writes for a ``Scan`` it
+    recognises, in models of any opset."""
 
     @classmethod
     def _impl_v27(cls, bb, inputs, attr, params):

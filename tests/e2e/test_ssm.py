@@ -181,3 +181,74 @@ def test_scan_loop_is_rewritten_to_a_scan_kernel(target):
     got = bundle.run(feeds)
     np.testing.assert_allclose(got["y"], expected[0], rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(got["final_state"], expected[1], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("rule,hq,hk,dk,dv,decay,beta", [
+    ("linear", 4, 2, 16, 16, "head", "head"), ("gated", 2, 2, 64, 32, "key", "head"),
+    ("delta", 2, 2, 16, 16, "head", "one"), ("gated_delta", 4, 2, 32, 16, "head", "head")])
+def test_linear_attention_scan_body_is_rewritten_to_the_kernel(rule, hq, hk, dk, dv, decay, beta):
+    """LinearAttention's own ONNX function body (a Scan over time, what ONNX Runtime runs and an
+    exporter writes) compiles to the linear-attention kernel, not an unrolled loop, and matches
+    ONNX Runtime running the Scan; 300 steps exceed the unroll limit."""
+    import onnxruntime as ort
+
+    model = ssm.linear_attention_model(rule, 300, hq, hk, dk, dv, decay=decay, beta=beta, as_scan=True)
+    assert "Scan" in [n.op_type for n in model.graph.node]
+    feeds = ssm.linear_attention_inputs(ssm.linear_attention_model(rule, 300, hq, hk, dk, dv, decay=decay, beta=beta))
+    bundle = edgecc.compile(model, "host")
+    assert _scan_rules(bundle) == ["scan[linear_attention]"]
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = bundle.run(feeds)
+    for value, want in zip(model.graph.output, expected):
+        np.testing.assert_allclose(got[value.name], want, rtol=RTOL, atol=ATOL, err_msg=value.name)
+
+
+def _exporter_scan(batch: int | None, heads=2, d_k=8, d_v=4, steps=40) -> onnx.ModelProto:
+    """Gated linear attention as an exporter might write it: time-major inputs, a state of
+    [B, H, d_k, d_v] (or [H, d_k, d_v] with ``batch`` None), the decay already a factor's log
+    per head, Einsum for the outer product and the readout, and a scale of 1/8 as a constant."""
+    lead = [] if batch is None else [batch]
+    sub = "" if batch is None else "b"
+    value = helper.make_tensor_value_info
+    f = TensorProto.FLOAT
+    body = helper.make_graph([
+        helper.make_node("Exp", ["g"], ["factor"]),
+        helper.make_node("Unsqueeze", ["factor", "axes"], ["factor4"]),
+        helper.make_node("Mul", ["factor4", "s"], ["kept"]),
+        helper.make_node("Einsum", ["k", "v"], ["written"], equation=f"{sub}hk,{sub}hv->{sub}hkv"),
+        helper.make_node("Add", ["written", "kept"], ["s_next"]),
+        helper.make_node("Einsum", ["s_next", "q"], ["read"], equation=f"{sub}hkv,{sub}hk->{sub}hv"),
+        helper.make_node("Mul", ["read", "eighth"], ["o"])], "step",
+        [value("s", f, lead + [heads, d_k, d_v]), value("q", f, lead + [heads, d_k]),
+         value("k", f, lead + [heads, d_k]), value("v", f, lead + [heads, d_v]), value("g", f, lead + [heads, 1])],
+        [value("s_next", f, lead + [heads, d_k, d_v]), value("o", f, lead + [heads, d_v])],
+        [onnx.numpy_helper.from_array(np.array([-1], np.int64), "axes"),
+         onnx.numpy_helper.from_array(np.array(0.125, np.float32), "eighth")])
+    inputs = [value("s0", f, lead + [heads, d_k, d_v])] + [
+        value(n, f, [steps, *lead, heads, d]) for n, d in (("q_seq", d_k), ("k_seq", d_k), ("v_seq", d_v), ("g_seq", 1))]
+    outputs = [value("s_last", f, lead + [heads, d_k, d_v]), value("o_seq", f, [steps, *lead, heads, d_v])]
+    scan = helper.make_node("Scan", ["s0", "q_seq", "k_seq", "v_seq", "g_seq"], ["s_last", "o_seq"],
+                            num_scan_inputs=4, body=body)
+    graph = helper.make_graph([scan], "exported_scan", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("batch", [None, 1, 3])
+def test_exporter_written_linear_attention_scan(batch):
+    """A Scan spelled differently from the op's function body (Einsum, a batchless state,
+    batch 3, opset 17) is recognised too, and matches ONNX Runtime."""
+    import onnxruntime as ort
+
+    model = _exporter_scan(batch)
+    rng = np.random.default_rng(3)
+    feeds = {}
+    for value in model.graph.input:
+        shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
+        sample = np.log(rng.uniform(0.8, 1.0, shape)) if value.name == "g_seq" else rng.standard_normal(shape)
+        feeds[value.name] = sample.astype(np.float32)
+    bundle = edgecc.compile(model, "host")
+    assert _scan_rules(bundle) == ["scan[linear_attention]"]
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = bundle.run(feeds)
+    for value, want in zip(model.graph.output, expected):
+        np.testing.assert_allclose(got[value.name], want, rtol=RTOL, atol=ATOL, err_msg=value.name)
