@@ -143,6 +143,24 @@ def _tuned(gvar, func: tirx.PrimFunc, tuning) -> tirx.PrimFunc | None:
         RULE_ATTR, f"tuned ({record['latency_us']:.1f} us, default rule {record['default_us']:.1f} us)")
 
 
+def _tuned_chunk(gvar, func: tirx.PrimFunc, tuning, lanes: int) -> tuple[int | None, str]:
+    """A linear-attention kernel's chunk from the tuning logs: the fastest of the chunks they
+    measured for it (``(None, "")``: none measured, the default stands), and a note saying so."""
+    if tuning is None:
+        return None, ""
+    measured = {}
+    for chunk, variant in ssm.chunk_variants(func, lanes).items():
+        record = tuning.peek(variant)
+        if record is not None:
+            measured[chunk] = record
+    if not measured:
+        return None, ""
+    best = min(measured, key=lambda c: measured[c]["latency_us"])
+    tuning.used(gvar.name_hint, measured[best])
+    times = ", ".join(f"{c}: {r['latency_us']:.1f} us" for c, r in sorted(measured.items()))
+    return best, f" (chunk tuned: {times})"
+
+
 def ScheduleCPU(preset, tuning=None):  # noqa: N802 (TVM pass naming)
     """Pass: schedule every PrimFunc of the module: from its tuning record if ``tuning`` has one
     for it, else with the CPU rules; recording which."""
@@ -159,12 +177,15 @@ def ScheduleCPU(preset, tuning=None):  # noqa: N802 (TVM pass naming)
             if tuned is not None:
                 updates[gvar] = tuned
                 continue
+            tuned_chunk = ""
             if ssm.BUILD_ATTR in (func.attrs or {}):
-                func = ssm.specialise(func, lanes)
+                chunk, tuned_chunk = _tuned_chunk(gvar, func, tuning, lanes)
+                func = ssm.specialise(func, lanes, chunk)
             try:
                 new, rule = schedule_cpu_func(func, lanes, partial_tiles)
             except Exception as err:  # noqa: BLE001 -- an unscheduled kernel is slow, not wrong
                 new, rule = func, f"fallback (unscheduled: {type(err).__name__})"
+            rule += tuned_chunk
             updates[gvar] = new.with_attr(RULE_ATTR, rule)
         for gvar, func in updates.items():
             mod[gvar] = func

@@ -59,13 +59,15 @@ class LinearAttentionSpec:
     inputs it has and their shapes' last dims."""
 
     def __init__(self, q_heads: int, kv_heads: int, d_k: int, d_v: int, rule: str, scale: float,
-                 decay: str = "none", beta: str = "none", past: bool = False, chunk: int = 0):
+                 decay: str = "none", beta: str = "none", past: bool = False, chunk: int = 0,
+                 batch: int | None = None, steps: int | None = None):
         assert rule in RULES and q_heads % kv_heads == 0
         self.q_heads, self.kv_heads, self.d_k, self.d_v = q_heads, kv_heads, d_k, d_v
         self.rule, self.decay, self.beta, self.past = rule, decay, beta, past
         self.chunk = chunk  # tokens a pass over the state on CPUs; 0: chunk_for's choice
+        self.batch, self.steps = batch, steps  # static shapes of the call; None: symbolic
         self.args = dict(q_heads=q_heads, kv_heads=kv_heads, d_k=d_k, d_v=d_v, rule=rule, scale=scale, decay=decay,
-                         beta=beta, past=past, chunk=chunk)
+                         beta=beta, past=past, chunk=chunk, batch=batch, steps=steps)
         self.scale = scale if scale else 1.0 / math.sqrt(d_k)
         self.group = q_heads // kv_heads
 
@@ -102,6 +104,10 @@ def rebuild(func: tvm.tirx.PrimFunc, gpu: bool) -> tvm.tirx.PrimFunc:
 MAX_CHUNK = 8  # a chunk's accumulators (group * C vectors a column block) fit the registers up to here
 
 
+def _chunkable(spec: LinearAttentionSpec, lanes: int) -> bool:
+    return spec.rule in ("linear", "gated") and spec.decay != "key" and spec.d_v % lanes == 0
+
+
 def chunk_for(spec: LinearAttentionSpec, lanes: int) -> int:
     """The chunk a CPU kernel takes: ``spec.chunk`` (``LinearAttention``'s ``chunk_size`` when
     set on the node, up to :data:`MAX_CHUNK`, fewer with GQA so the accumulators fit) for
@@ -109,7 +115,7 @@ def chunk_for(spec: LinearAttentionSpec, lanes: int) -> int:
     state in L1 (64 x 64 floats: 16 KiB) the token-by-token kernel measures as fast as chunks
     of 4 or 8 on AVX-512 (``bench/ssm.py --chunks``), and the delta rules and per-key decay have
     no chunked form here."""
-    if spec.rule not in ("linear", "gated") or spec.decay == "key" or spec.d_v % lanes or not spec.chunk:
+    if not _chunkable(spec, lanes) or not spec.chunk:
         return 1
     return max(1, min(MAX_CHUNK, spec.chunk, MAX_CHUNK * 2 // spec.group))
 
@@ -282,18 +288,52 @@ def linear_attention(spec: LinearAttentionSpec, gpu: bool = False, chunk: int = 
                     for t in range(t_):
                         token(t)
 
-    return _built(linear_attention, "linear_attention", **spec.args)
+    return _at_shape(_built(linear_attention, "linear_attention", **spec.args), spec.batch, spec.steps)
 
 
-def specialise(func: tvm.tirx.PrimFunc, lanes: int) -> tvm.tirx.PrimFunc:
+def _at_shape(func: tvm.tirx.PrimFunc, batch: int | None, steps: int | None) -> tvm.tirx.PrimFunc:
+    """``func`` with its symbolic batch (``b_``) and time (``t_``) bound where given."""
+    values = {"b_": batch, "t_": steps}
+    if all(v is None for v in values.values()):
+        return func
+    buffers = {}
+    for param in func.params:
+        shape = [tvm.tirx.IntImm("int64", values[d.name]) if isinstance(d, tvm.tirx.Var) and
+                 values.get(d.name) is not None else d for d in param.ty.shape]
+        buffers[param] = tvm.tirx.decl_buffer(shape, param.ty.dtype, name=param.name)
+    return func.specialize(buffers)
+
+
+CHUNKS = (1, 2, 4, 8)  # what tuning measures, where the kernel has a chunked form
+
+
+def specialise(func: tvm.tirx.PrimFunc, lanes: int, chunk: int | None = None) -> tvm.tirx.PrimFunc:
     """A linear-attention kernel rebuilt in the chunked form that suits ``lanes``-wide vectors
-    (:func:`chunk_for`); other scan kernels as they are."""
+    (``chunk``, or :func:`chunk_for`'s choice); other scan kernels as they are."""
     built = json.loads(str(func.attrs[BUILD_ATTR]))
     if built["kind"] != "linear_attention":
         return func
     spec = LinearAttentionSpec(**built["args"])
-    chunk = chunk_for(spec, lanes)
-    return func if chunk == 1 else linear_attention(spec, chunk=chunk, width=lanes).with_attr("edgecc.chunk", chunk)
+    if chunk is None:
+        chunk = chunk_for(spec, lanes)
+        if chunk == 1:
+            return func
+    spec = LinearAttentionSpec(**{**built["args"], "chunk": chunk})  # the build attribute names the chunk
+    if chunk == 1:
+        return linear_attention(spec)
+    return linear_attention(spec, chunk=chunk, width=lanes).with_attr("edgecc.chunk", chunk)
+
+
+def chunk_variants(func: tvm.tirx.PrimFunc, lanes: int) -> dict[int, tvm.tirx.PrimFunc]:
+    """``{chunk: kernel}``: what tuning measures of a linear-attention kernel with a chunked
+    form and a static shape (a tuned chunk is for one sequence length); else empty."""
+    built = json.loads(str((func.attrs or {}).get(BUILD_ATTR, "{}")) or "{}")
+    if built.get("kind") != "linear_attention":
+        return {}
+    spec = LinearAttentionSpec(**built["args"])
+    if not _chunkable(spec, lanes) or spec.steps is None or spec.batch is None:
+        return {}
+    return {c: specialise(func, lanes, c) for c in CHUNKS if c <= max(1, min(MAX_CHUNK, MAX_CHUNK * 2 // spec.group))}
 
 
 def kernel_of(sch) -> tuple | None:

@@ -31,6 +31,10 @@ def _static(dim, what: str) -> int:
     return int(dim)
 
 
+def _int_or_none(dim) -> int | None:
+    return int(dim) if isinstance(dim, (int, tirx.IntImm)) else None
+
+
 def _f32(bb, expr):
     return expr if _dtype(expr) == "float32" else bb.emit(relax.op.astype(expr, "float32"))
 
@@ -90,10 +94,12 @@ class LinearAttention(OnnxOpConverter):
             if beta_kind is None:
                 raise ValueError(f"LinearAttention: beta's last dim {width} is neither kv_num_heads ({hk}) nor 1")
         chunk = int(attr.get("chunk_size", 0))  # set on the node: the kernel's chunk, up to ssm.MAX_CHUNK
-        spec = ssm.LinearAttentionSpec(hq, hk, d_k, d_v, rule, float(attr.get("scale", 0.0)), decay_kind,
-                                       beta_kind, past is not None, chunk if 0 < chunk <= ssm.MAX_CHUNK else 0)
-        kernel = bb.add_func(ssm.linear_attention(spec), "linear_attention")
         batch, steps = _dims(query)[0], _dims(query)[1]
+        # Static shapes give the kernel its shape (what a tuned chunk is measured for).
+        spec = ssm.LinearAttentionSpec(hq, hk, d_k, d_v, rule, float(attr.get("scale", 0.0)), decay_kind,
+                                       beta_kind, past is not None, chunk if 0 < chunk <= ssm.MAX_CHUNK else 0,
+                                       _int_or_none(batch), _int_or_none(steps))
+        kernel = bb.add_func(ssm.linear_attention(spec), "linear_attention")
         args = [_f32(bb, query), _f32(bb, key), _f32(bb, value),
                 _f32(bb, past) if past is not None else _dummy(4),
                 _f32(bb, decay) if decay is not None else _dummy(3),

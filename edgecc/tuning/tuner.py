@@ -28,7 +28,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.schedule import Schedule
 
 from edgecc.errors import UserInputError
-from edgecc.schedules import cpu, fp32_lanes, schedule_cpu, winograd
+from edgecc.schedules import cpu, fp32_lanes, schedule_cpu, ssm, winograd
 from edgecc.tuning.log import TuningLog, kernel_script, new_header, parse_kernel, read_log, workload_key
 from edgecc.tuning.space import has_decisions, space_generator
 
@@ -45,7 +45,8 @@ class Task:
     default_us: float = 0.0
     default_trace: list | None = None
     trials: int = 0
-    tunable: bool = True  # False: a Winograd transform, measured (for the conv's choice) but not searched
+    tunable: bool = True  # False: a Winograd transform or a scan's chunk, measured (for the choice) but not searched
+    alternative: bool = False  # one way of several (Winograd/direct, a scan's chunk): recorded even untuned
 
     @property
     def share_us(self) -> float:
@@ -141,6 +142,30 @@ def _default_schedule(task: Task, preset) -> Schedule:
     return sch
 
 
+def _with_chunk_variants(kernels, preset):
+    """``(name, kernel, calls, is_chunk_variant)``: each linear-attention kernel replaced by its
+    chunk variants (``name[chunk C]``), the scan's knob, which the build picks by measurement."""
+    lanes = fp32_lanes(preset)
+    for name, func, calls in kernels:
+        variants = ssm.chunk_variants(func, lanes)
+        if not variants:
+            yield name, func, calls, False
+        for chunk, variant in variants.items():
+            yield f"{name}[chunk {chunk}]", variant, calls, True
+
+
+def _report_chunks(tasks: list[Task], progress) -> None:
+    """Each scan kernel's measured chunks, and the one a build with the log takes."""
+    by_kernel: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        if "[chunk " in task.name and task.alternative:
+            base, _, chunk = task.name.partition("[chunk ")
+            by_kernel.setdefault(base, {})[chunk.rstrip("]")] = task.default_us
+    for base, times in sorted(by_kernel.items()):
+        best = min(times, key=times.get)
+        progress(f"{base}: chunk {best} ({', '.join(f'{c}: {us:.1f} us' for c, us in times.items())})")
+
+
 def _measure_defaults(tasks: list[Task], preset, target, builder, runner) -> None:
     """Default-schedule latency (us) of each task, one batch through the builder and runner."""
     schedules = [_default_schedule(task, preset) for task in tasks]
@@ -228,7 +253,7 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
     mod, _, _ = import_onnx(model, input_shapes)
     # Eligible 3x3 convs both ways, Winograd and direct: the build takes the faster (choose_convs).
     tasks, untunable, seen = {}, 0, set()
-    for name, func, calls in kernels_both_ways(mod, preset):
+    for name, func, calls, chunk_variant in _with_chunk_variants(kernels_both_ways(mod, preset), preset):
         func = func.with_attr("global_symbol", "main")  # MetaSchedule's builder exports it as main
         key = workload_key(func)
         if (name, key) in seen:  # the same kernel in both legalizations
@@ -238,10 +263,11 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
             tasks[key].calls += calls
             continue
         tunable = has_decisions(_default_schedule(Task(name, key, func, calls), preset))
-        if not tunable and winograd.alternative(func) is None:
+        alternative = chunk_variant or winograd.alternative(func) is not None
+        if not tunable and not alternative:
             untunable += 1
             continue
-        tasks[key] = Task(name, key, func, calls, tunable=tunable)
+        tasks[key] = Task(name, key, func, calls, tunable=tunable, alternative=alternative)
     def done(task):  # a conv alternative's default-only record (0 trials) is searched on a rerun
         record = tuning_log.records.get(task.key)
         return record is not None and (record["trials"] > 0 or not task.tunable)
@@ -270,8 +296,9 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
     _skip_losing_alternatives(todo, tuning_log, progress)
     allocate([t for t in todo if t.tunable], total_trials)
     for task in todo:  # a conv's kernels without trials: their default time decides Winograd or direct
-        if not task.trials and winograd.alternative(task.func) is not None:
+        if not task.trials and task.alternative:
             _append(tuning_log, task, task.default_us, task.default_trace, 0, measure_info(rpc_tracker, rpc_key))
+    _report_chunks(todo, progress)
     planned = [t for t in todo if t.trials]
     total_share = sum(t.share_us for t in todo) or 1.0
     progress(f"tuning {len(planned)} tasks, {sum(t.trials for t in planned)} trials"
@@ -288,7 +315,7 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
             n = min(n, int(left * share / per_trial_s))
             if n < MIN_TRIALS:
                 progress(f"[{index}/{len(planned)}] {task.name}: time budget spent, left at its default")
-                if winograd.alternative(task.func) is not None:  # its default still decides the conv's way
+                if task.alternative:  # its default still decides the conv's way
                     _append(tuning_log, task, task.default_us, task.default_trace, 0, measure)
                 continue
         best_us, best_trace, n = _tune_task(task, n, preset, target_obj, builder, runner, cost_model, seed)

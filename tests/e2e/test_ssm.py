@@ -252,3 +252,52 @@ def test_exporter_written_linear_attention_scan(batch):
     got = bundle.run(feeds)
     for value, want in zip(model.graph.output, expected):
         np.testing.assert_allclose(got[value.name], want, rtol=RTOL, atol=ATOL, err_msg=value.name)
+
+
+@pytest.fixture(scope="module")
+def chunk_tuned(tmp_path_factory):
+    """A gated LinearAttention (static T = 96) tuned: every chunk of its kernel measured."""
+    from edgecc.tuning import tune
+
+    model = ssm.linear_attention_model("gated", 96, 4, 4, 32, 32)
+    path = tmp_path_factory.mktemp("chunks") / "log.jsonl"
+    progress = []
+    tune(model, "host", log=path, trials=4, progress=progress.append)
+    return model, path, progress
+
+
+def test_tune_measures_every_chunk_of_a_scan_kernel(chunk_tuned):
+    import json
+
+    _, path, progress = chunk_tuned
+    records = [json.loads(line) for line in path.read_text().splitlines()[1:] if line.strip()]
+    chunks = sorted(r["kernel"] for r in records if r["kernel"].startswith("linear_attention"))
+    assert chunks == [f"linear_attention[chunk {c}]" for c in (1, 2, 4, 8)], chunks
+    assert all(r["latency_us"] > 0 and r["trials"] == 0 for r in records if r["kernel"] in chunks)
+    fastest = min((r for r in records if r["kernel"] in chunks), key=lambda r: r["latency_us"])["kernel"]
+    assert any(line.startswith(f"linear_attention: chunk {fastest.split()[-1].rstrip(']')} (") for line in progress)
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_build_takes_the_fastest_chunk_in_the_log(chunk_tuned, chunk, tmp_path):
+    """A log saying chunk ``chunk`` is fastest makes the build take it, whatever the node's
+    default; the output stays exact."""
+    import json
+
+    model, path, _ = chunk_tuned
+    lines = path.read_text().splitlines()
+    out = [lines[0]]
+    for line in lines[1:]:
+        record = json.loads(line)
+        if record["kernel"].startswith("linear_attention["):
+            record["latency_us"] = 1.0 if record["kernel"] == f"linear_attention[chunk {chunk}]" else 1000.0
+        out.append(json.dumps(record))
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(out) + "\n")
+    bundle = edgecc.compile(model, "host", tuning_log=[log])
+    kernels = next(p for p in bundle.manifest["passes"] if p["phase"] == "schedule")["kernels"]
+    [rule] = [r for r in kernels.values() if r.startswith("scan[")]
+    assert rule.startswith("scan[linear_attention]" + (f" chunks of {chunk}" if chunk > 1 else " (")), rule
+    assert "chunk tuned" in rule and "linear_attention" in bundle.manifest["tuning_records"]["kernels"]
+    feeds = ssm.linear_attention_inputs(model)
+    _check(model, feeds, bundle.run(feeds))
