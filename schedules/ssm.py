@@ -355,15 +355,14 @@ def schedule(sch, block, kind: str) -> str:
 
 
 def fast_exp2(x):
-    """float32 ``2 ** x``: ``2^n * p(r)`` with ``n`` the nearest integer and ``p`` the degree-6
-    Taylor polynomial of ``2^r`` on ``[-1/2, 1/2]`` (relative error under 2e-7). Cheaper than
-    :func:`fast_exp` where the exponent can be pre-scaled by ``log2(e)`` (a constant operand)."""
+    """float32 ``2 ** x``: ``2^n * p(r)`` with ``n`` the nearest integer and ``p`` a degree-5 minimax polynomial of ``2^r`` on ``[-1/2, 1/2]`` (relative
+    error 7.5e-8; 2.3e-7 evaluated in float32). Cheaper than :func:`fast_exp` where the exponent
+    can be pre-scaled by ``log2(e)`` (a constant operand)."""
     x = T.max(T.min(x, T.float32(127.0)), T.float32(-126.0))
     n = T.floor(x + T.float32(0.5))
     r = x - n
-    p = T.float32(1.5403530393381609e-4)
-    for c in (1.3333558146428443e-3, 9.6181291076284772e-3, 5.5504108664821580e-2, 2.4022650695910071e-1,
-              6.9314718055994531e-1, 1.0):
+    p = T.float32(1.3276500e-3)
+    for c in (9.6755400e-3, 5.5507131e-2, 2.4022120e-1, 6.9314694e-1, 1.0000001):
         p = p * r + T.float32(c)
     return p * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + 127, 23))
 
