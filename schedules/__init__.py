@@ -180,7 +180,7 @@ def ScheduleCPU(preset, tuning=None):  # noqa: N802 (TVM pass naming)
             tuned_chunk = ""
             if ssm.BUILD_ATTR in (func.attrs or {}):
                 chunk, tuned_chunk = _tuned_chunk(gvar, func, tuning, lanes)
-                func = ssm.specialise(func, lanes, chunk)
+                func = ssm.specialise(func, lanes, chunk, scalable=preset.arch == "riscv64")
             try:
                 new, rule = schedule_cpu_func(func, lanes, partial_tiles)
             except Exception as err:  # noqa: BLE001 -- an unscheduled kernel is slow, not wrong

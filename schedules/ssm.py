@@ -26,6 +26,9 @@ state vectors of a channel block in registers across the whole sequence, and run
 
 On CUDA the same kernels run with one thread block per ``(batch, head)`` and one thread per
 state column (selective scan: per channel), each thread's column of the state in registers.
+On RISC-V the vector loops are VLEN-agnostic: TVM strip-mines a vector loop without calls into
+``<vscale x 4 x float>`` vectors, and :func:`specialise` gives the selective scan plain loops
+for LLVM's loop vectorizer, which does the same.
 """
 
 from __future__ import annotations
@@ -307,10 +310,14 @@ def _at_shape(func: tvm.tirx.PrimFunc, batch: int | None, steps: int | None) -> 
 CHUNKS = (1, 2, 4, 8)  # what tuning measures, where the kernel has a chunked form
 
 
-def specialise(func: tvm.tirx.PrimFunc, lanes: int, chunk: int | None = None) -> tvm.tirx.PrimFunc:
+def specialise(func: tvm.tirx.PrimFunc, lanes: int, chunk: int | None = None,
+               scalable: bool = False) -> tvm.tirx.PrimFunc:
     """A linear-attention kernel rebuilt in the chunked form that suits ``lanes``-wide vectors
-    (``chunk``, or :func:`chunk_for`'s choice); other scan kernels as they are."""
+    (``chunk``, or :func:`chunk_for`'s choice); with ``scalable`` (RVV), a selective scan
+    rebuilt with VLEN-agnostic loops; other scan kernels as they are."""
     built = json.loads(str(func.attrs[BUILD_ATTR]))
+    if built["kind"] == "selective_scan" and scalable:
+        return selective_scan(SelectiveScanSpec(**built["args"]), scalable=True)
     if built["kind"] != "linear_attention":
         return func
     spec = LinearAttentionSpec(**built["args"])
@@ -405,13 +412,16 @@ LOG2E = 1.4426950408889634
 BLOCK = 16  # channels a selective-scan block: one 512-bit vector, four NEON registers
 
 
-def selective_scan(spec: SelectiveScanSpec, gpu: bool = False) -> tvm.tirx.PrimFunc:
+def selective_scan(spec: SelectiveScanSpec, gpu: bool = False, scalable: bool = False) -> tvm.tirx.PrimFunc:
     """``(x, delta, A, B, C, D, z, delta_bias, initial_state) -> (y, final_state)``, float32,
-    batch and length symbolic; absent optional inputs passed as one-element tensors."""
+    batch and length symbolic; absent optional inputs passed as one-element tensors.
+    ``scalable`` (RVV): the channel loops are left for LLVM's loop vectorizer, which makes them
+    VLEN-agnostic (TVM turns a vector loop into one only when it calls nothing, and
+    ``fast_exp2`` is calls)."""
     d, n = spec.channels, spec.state
     width = BLOCK if d % BLOCK == 0 else 1
     skip, gate, bias, initial, soft = spec.skip, spec.gate, spec.delta_bias, spec.initial, spec.delta_softplus
-    lanes, scope = (_threads, "local") if gpu else (T.vectorized, "global")
+    lanes, scope = (_threads, "local") if gpu else (T.serial if scalable else T.vectorized, "global")
     state_loop = T.unroll if n <= 16 else T.serial
     i64 = T.int64
     d_, n_, w_, one = i64(d), i64(n), i64(width), i64(1)

@@ -301,3 +301,71 @@ def test_build_takes_the_fastest_chunk_in_the_log(chunk_tuned, chunk, tmp_path):
     assert "chunk tuned" in rule and "linear_attention" in bundle.manifest["tuning_records"]["kernels"]
     feeds = ssm.linear_attention_inputs(model)
     _check(model, feeds, bundle.run(feeds))
+
+
+def _scan_kernel_ir(model, target: str) -> str:
+    """The LLVM IR of ``model``'s scan kernel as a build for ``target`` schedules it."""
+    import re
+
+    import tvm
+
+    from edgecc.frontend import import_onnx
+    from edgecc.pipeline import run_phases
+    from edgecc.targets import get_target
+
+    preset = get_target(target)
+    mod, _, _ = import_onnx(model)
+    scheduled, _ = run_phases(mod, preset, preset.tvm_target(), until="schedule")
+    [(gvar, func)] = [(g, f) for g, f in scheduled.functions_items()
+                      if isinstance(f, tvm.tirx.PrimFunc) and re.search("scan|linear_attention", g.name_hint)]
+    with preset.tvm_target():
+        return tvm.tirx.build(func.with_attr("global_symbol", gvar.name_hint), preset.tvm_target()).inspect_source("ll")
+
+
+def _rvv_models():
+    return [ssm.linear_attention_model("gated_delta", 7, 4, 2, 16, 32, True, "head", "head"),
+            ssm.linear_attention_model("gated", 9, 2, 2, 16, 64, True, "key", "head"),
+            ssm.selective_scan_model(9, 32, 16), ssm.selective_scan_model(9, 48, 64, gate=False),
+            ssm.selective_scan_model(40, 32, 16, as_scan=True)]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_rvv_scan_kernels_are_vlen_agnostic(index):
+    """On RISC-V every float vector operation of a scan kernel is scalable (``<vscale x N x
+    float>``: the vector length is read from the CPU at run time, vsetvli), none fixed-width."""
+    import re
+
+    ir = _scan_kernel_ir(_rvv_models()[index], "riscv")
+    ops = re.findall(r"= (?:fmul|fadd|fsub|call)[^\n]*?<(vscale x )?(\d+) x float>", ir)
+    assert any(scalable for scalable, _ in ops), "no scalable float vectors"
+    fixed = [lanes for scalable, lanes in ops if not scalable and int(lanes) > 1]
+    assert not fixed, f"fixed-width float vectors: {sorted(set(fixed))}"
+
+
+@pytest.mark.parametrize("vlen", [128, 512, 1024])
+def test_rvv_build_runs_at_any_vlen(vlen, monkeypatch):
+    """One build for RVV's minimum VLEN (riscv-vlen128) runs correctly under qemu at VLEN 128,
+    512 and 1024: the scan kernels adapt to the vector length they find."""
+    import edgecc.runtime
+
+    prefix = edgecc.runtime.emulator_prefix
+    monkeypatch.setattr(edgecc.runtime, "emulator_prefix", lambda arch, _vlen=None: prefix(arch, vlen))
+    import onnxruntime as ort
+
+    for model in _rvv_models():
+        bundle = edgecc.compile(model, "riscv-vlen128")
+        assert f"vlen={vlen}" in " ".join(bundle.command())
+        ops = {n.op_type for n in model.graph.node}
+        if "LinearAttention" in ops:
+            feeds = ssm.linear_attention_inputs(model)
+            _check(model, feeds, bundle.run(feeds))
+            continue
+        feeds = ssm.selective_scan_inputs(model)
+        got = bundle.run(feeds)
+        if "SelectiveScan" in ops:
+            y, final = _selective_reference(model, feeds)
+        else:  # the recurrence as a Scan: ONNX Runtime runs it
+            y, final = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+                None, feeds)
+        np.testing.assert_allclose(got["y"], y, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(got["final_state"], final, rtol=RTOL, atol=ATOL)
