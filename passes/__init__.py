@@ -10,13 +10,15 @@ kernels (:mod:`.sparsify`, ``sparsity="off"`` disables it). On CPU targets the f
 turns matmuls reading 4-bit weights into INT4 kernels (:mod:`.quantize`), before constant
 folding would expand those weights to float32, and after constant folding int8 matmuls and
 convs become integer kernels (:mod:`.quantize`, ``Int8Matmul``; on CUDA matmuls, with ``dp4a``). Half-precision matmuls and softmaxes accumulate
-in float32 (:mod:`.precision`).
+in float32 (:mod:`.precision`). On CPU targets attention over a KV cache of run-time length
+becomes one kernel (:mod:`.attention`).
 """
 
 from __future__ import annotations
 
 from tvm import relax
 
+from .attention import DecodeAttention
 from .channels_last import ChannelsLast
 from .fold_affine import FoldAffineIntoConv
 from .precision import AccumulateFloat32
@@ -35,7 +37,7 @@ def graph_passes(preset, sparsity: str = "auto") -> list:
               relax.transform.FoldConstant(), FoldAffineIntoConv(),
               relax.transform.DeadCodeElimination(), AccumulateFloat32()]
     if preset.device == "cpu":
-        passes += [ChannelsLast(), relax.transform.DeadCodeElimination(),
+        passes += [DecodeAttention(preset), ChannelsLast(), relax.transform.DeadCodeElimination(),
                    Sparsify(preset, sparsity), relax.transform.DeadCodeElimination()]
     passes += [Int8Matmul(preset), relax.transform.DeadCodeElimination()]
     return passes + [relax.transform.FoldConstant()]

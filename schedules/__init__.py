@@ -19,7 +19,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
-from . import cpu, gpu, int4, int8, sparse, ssm, winograd
+from . import attention, cpu, gpu, int4, int8, sparse, ssm, winograd
 from .compute import (WHOLE_REDUCTION_ATTR, conv2d_legalizer, extreme_reduce_legalizers, fast_math_legalizers,
                       matmul_legalizer)
 
@@ -57,6 +57,9 @@ def schedule_cpu(sch: Schedule, lanes: int, partial_tiles: bool = True,
     scan = ssm.kernel_of(sch)
     if scan is not None:
         return None if choices.variant else ssm.schedule(sch, *scan)
+    found = attention.kernel_of(sch)
+    if found is not None:
+        return None if choices.variant else attention.schedule(sch, *found)
     found = sparse.kernel_of(sch)
     if found is not None:
         if choices.variant:

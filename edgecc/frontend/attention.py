@@ -20,6 +20,8 @@ import onnx
 from tvm import relax, te, tirx
 from tvm.relax.frontend.onnx import onnx_frontend
 
+from edgecc.passes.attention import MASK_ATTR, SCORES_ATTR
+
 from .converters import register_converter
 
 _PLAIN = {"softcap": 0.0, "qk_matmul_output_mode": 0, "left_window_size": -1, "right_window_size": -1}
@@ -96,9 +98,12 @@ class Attention(onnx_frontend.Attention):
             scores = relax.op.matmul(rows, relax.op.permute_dims(k4, [0, 1, 3, 2]))
             scores = bb.emit(relax.op.multiply(scores, relax.const(scale, "float32")))
         else:  # a KV cache of run-time length: dot products with the cached keys as they lie
-            scores = bb.emit_te(_scores, rows, k4, scale, primfunc_name_hint="attention_scores")
+            # (edgecc.passes.attention makes the chain from here to the values one kernel on CPUs)
+            scores = bb.emit_te(_scores, rows, k4, scale, primfunc_name_hint="attention_scores",
+                                primfunc_attrs={SCORES_ATTR: {"scale": scale}})
         if int(attr.get("is_causal", 0)):
-            scores = bb.emit_te(_causal, scores, int(steps), new_keys, primfunc_name_hint="causal_mask")
+            scores = bb.emit_te(_causal, scores, int(steps), new_keys, primfunc_name_hint="causal_mask",
+                                primfunc_attrs={MASK_ATTR: {"steps": int(steps), "new_keys": new_keys}})
         weights = bb.emit(relax.op.nn.softmax(scores, axis=-1))
         out = bb.emit(relax.op.matmul(weights, v4))  # [B, H_kv, G * T, Dv]
         dv = _dims(out)[3]
