@@ -294,11 +294,22 @@ def fast_math_legalizers() -> dict:
         sigmoid = fast_sigmoid(x)
         return te.compute(x.shape, lambda *i: x(*i) * sigmoid(*i), name="silu")
 
+    def fast_softmax(x, axis):  # TVM's fast_softmax, but scaled by the sum's reciprocal: a division a row
+        if axis not in (-1, len(x.shape) - 1):
+            return topi.nn.fast_softmax(x, axis)
+        k = te.reduce_axis((0, x.shape[-1]), name="k")
+        top = te.compute(x.shape[:-1], lambda *i: te.max(x(*i, k), axis=k), name="softmax_max")
+        e = topi.fast_exp(te.compute(x.shape, lambda *i: x(*i) - top(*i[:-1]), name="softmax_delta"))
+        j = te.reduce_axis((0, x.shape[-1]), name="j")
+        total = te.compute(x.shape[:-1], lambda *i: te.sum(e(*i, j), axis=j), name="softmax_sum")
+        one = tvm.tirx.const(1.0, "float32")  # (the row's reciprocal is loop-invariant: LLVM hoists it)
+        return te.compute(x.shape, lambda *i: e(*i) * (one / total(*i[:-1])), name="softmax_norm")
+
     return {"relax.exp": make("relax.exp", topi.fast_exp), "relax.erf": make("relax.erf", topi.fast_erf),
             "relax.sigmoid": make("relax.sigmoid", fast_sigmoid), "relax.nn.silu": make("relax.nn.silu", fast_silu),
             "relax.nn.gelu": make("relax.nn.gelu", fast_gelu),
             "relax.tanh": make("relax.tanh", topi.fast_tanh),
-            "relax.nn.softmax": make("relax.nn.softmax", topi.nn.fast_softmax, with_axis=True)}
+            "relax.nn.softmax": make("relax.nn.softmax", fast_softmax, with_axis=True)}
 
 
 PARTS, LANES = 8, 16  # a whole-tensor max/min: partial results, threads by vector lanes

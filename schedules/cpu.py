@@ -418,30 +418,74 @@ def main_reduction(sch: Schedule):
 
 
 def row_fused(sch: Schedule, lanes: int) -> bool:
-    """Several reductions over the rows of one output (softmax: a max, then a sum of exps, with
-    the elementwise steps between and after): every block computed a row at a time inside the
-    output's row loop, in parallel over rows, so that the intermediates stay one row long (in
-    L1) instead of whole tensors. Applies when every block iterates the output's rows, its last
-    loop running along the row; returns whether it did."""
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    """Reductions over the rows of one output and the elementwise steps around them (softmax:
+    a max, then a sum of exps; layer norm: a mean, then a variance; RMS norm: a sum of squares):
+    every block computed a row at a time inside the output's row loop, in parallel over rows,
+    so that the intermediates stay one row long (in L1) instead of whole tensors. Steps with one
+    consumer, copies, and per-row or per-column values are inlined first. Applies when then
+    every block iterates the output's rows, its last loop running along the row; returns
+    whether it did."""
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
     kinds = [_iter_kinds(sch, b) for b in blocks]
-    if len(blocks) < 3 or sum(REDUCE in k for k in kinds) < 2 or REDUCE in kinds[-1]:
+    if len(blocks) < 2 or not any(REDUCE in k for k in kinds) or REDUCE in kinds[-1]:
         return False
     out_loops = sch.get_loops(blocks[-1])
     rows = [_extent(sch, loop) for loop in out_loops[:-1]]
     if not rows or None in rows or len(out_loops) != len(kinds[-1]):
+        return False
+    for index in range(len(blocks) - 2, -1, -1):
+        if REDUCE in kinds[index]:
+            continue
+        row_shaped = len(kinds[index]) == len(out_loops)
+        if row_shaped and len(sch.get_consumers(blocks[index])) > 1 and not _is_copy(sch, blocks[index]):
+            continue  # (an exp that a sum and the output both read is computed once)
+        try:
+            sch.compute_inline(blocks[index])
+        except Exception:  # noqa: BLE001 -- not inlinable: it stays a pass over the row
+            continue
+        del blocks[index], kinds[index]
+    if len(blocks) < 2:
         return False
     for block, block_kinds in zip(blocks, kinds):
         loops = sch.get_loops(block)
         if len(loops) != len(out_loops) or len(block_kinds) != len(loops) \
                 or [_extent(sch, loop) for loop in loops[:-1]] != rows or REDUCE in block_kinds[:-1]:
             return False
+    partials = [_lane_partials(sch, block, lanes) if REDUCE in block_kinds else None
+                for block, block_kinds in zip(blocks, kinds)]
     row = sch.fuse(*out_loops[:-1]) if len(out_loops) > 2 else out_loops[0]
-    for block in reversed(blocks[:-1]):
+    for block, partial in reversed(list(zip(blocks[:-1], partials[:-1]))):
         sch.compute_at(block, row)
-    for block, block_kinds in zip(blocks, kinds):
+        if partial is not None:
+            sch.compute_at(partial, row)
+    for block, block_kinds, partial in zip(blocks, kinds, partials):
         if REDUCE not in block_kinds:
             _vectorize_inner(sch, sch.get_loops(block), lanes)
+        elif partial is not None:  # compute_at left its loops in iter order, the lanes first
+            lane, step = sch.get_loops(partial)[-2:]
+            sch.reorder(step, lane)
+            sch.vectorize(lane)
     if (_extent(sch, row) or 0) >= 2:
         sch.parallel(row)
     return True
+
+
+def _is_copy(sch: Schedule, block) -> bool:
+    """Whether a block stores a plain read of a buffer (a cast at most): free to recompute."""
+    value = sch.get(block).body.value
+    if isinstance(value, tvm.tirx.Cast):
+        value = value.value
+    return isinstance(value, tvm.ir.expr.TensorLoad)
+
+
+def _lane_partials(sch: Schedule, block, lanes: int):
+    """For a reduction along the row when the row is whole vectors: a block reducing it first
+    into one partial result per vector lane (a vector max or sum a step, no dependency chain
+    through one scalar), ``block`` then reducing the ``lanes`` partials; that partial block, or
+    None."""
+    loop = sch.get_loops(block)[-1]
+    extent = _extent(sch, loop)
+    if extent is None or extent % lanes or extent < 2 * lanes:
+        return None
+    _, lane = sch.split(loop, [None, lanes])
+    return sch.rfactor(lane, factor_axis=0)
