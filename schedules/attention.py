@@ -19,6 +19,7 @@ from __future__ import annotations
 import tvm
 from tvm.script import tirx as T
 
+from . import ssm
 from .ssm import fast_exp
 
 ATTENTION_ATTR = "edgecc.attention"  # on the kernel's block; the schedule rule reads it
@@ -111,15 +112,10 @@ def decode_attention(kv_heads: int, rows: int, depth: int, depth_v: int, scale: 
 
 def kernel_of(sch) -> tuple | None:
     """``(block, kind)`` of an attention kernel's block, or None."""
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
-        kind = sch.get(block).annotations.get(ATTENTION_ATTR)
-        if kind is not None:
-            return block, str(kind)
-    return None
+    return ssm.kernel_of(sch, ATTENTION_ATTR)
 
 
 def schedule(sch, block, kind: str) -> str:
     """The ``(batch, kv head)`` loops fused and run in parallel; the rest is written as it runs."""
-    loops = sch.get_loops(block)
-    sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+    ssm.parallel_outer(sch, block)
     return f"attention[{kind}]"

@@ -343,20 +343,25 @@ def chunk_variants(func: tvm.tirx.PrimFunc, lanes: int) -> dict[int, tvm.tirx.Pr
     return {c: specialise(func, lanes, c) for c in CHUNKS if c <= max(1, min(MAX_CHUNK, MAX_CHUNK * 2 // spec.group))}
 
 
-def kernel_of(sch) -> tuple | None:
-    """``(block, kind)`` of a scan kernel's block, or None."""
+def kernel_of(sch, attr: str = SSM_ATTR) -> tuple | None:
+    """``(block, kind)`` of the kernel block annotated ``attr`` (a scan's by default), or None."""
     for block in sch.get_child_blocks(sch.get_sblock("root")):
-        kind = sch.get(block).annotations.get(SSM_ATTR)
+        kind = sch.get(block).annotations.get(attr)
         if kind is not None:
             return block, str(kind)
     return None
 
 
+def parallel_outer(sch, block) -> None:
+    """A hand-written kernel's independent outer loops (its block's) fused and run in parallel."""
+    loops = sch.get_loops(block)
+    sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+
+
 def schedule(sch, block, kind: str) -> str:
     """CPU: the kernel's independent (batch, head / channel block) loops fused and run in
     parallel; everything inside is written vectorised already."""
-    loops = sch.get_loops(block)
-    sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+    parallel_outer(sch, block)
     chunk = (sch.mod["main"].attrs or {}).get("edgecc.chunk")
     return f"scan[{kind}]" + (f" chunks of {int(chunk)}" if chunk else "")
 

@@ -183,6 +183,18 @@ def test_scan_loop_is_rewritten_to_a_scan_kernel(target):
     np.testing.assert_allclose(got["final_state"], expected[1], rtol=RTOL, atol=ATOL)
 
 
+def _scan_kernel_matches_onnxruntime(model, feeds):
+    """``model`` builds with its Scan as the linear-attention kernel and matches ONNX Runtime."""
+    import onnxruntime as ort
+
+    bundle = edgecc.compile(model, "host")
+    assert _scan_rules(bundle) == ["scan[linear_attention]"]
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = bundle.run(feeds)
+    for value, want in zip(model.graph.output, expected):
+        np.testing.assert_allclose(got[value.name], want, rtol=RTOL, atol=ATOL, err_msg=value.name)
+
+
 @pytest.mark.parametrize("rule,hq,hk,dk,dv,decay,beta", [
     ("linear", 4, 2, 16, 16, "head", "head"), ("gated", 2, 2, 64, 32, "key", "head"),
     ("delta", 2, 2, 16, 16, "head", "one"), ("gated_delta", 4, 2, 32, 16, "head", "head")])
@@ -190,17 +202,10 @@ def test_linear_attention_scan_body_is_rewritten_to_the_kernel(rule, hq, hk, dk,
     """LinearAttention's own ONNX function body (a Scan over time, what ONNX Runtime runs and an
     exporter writes) compiles to the linear-attention kernel, not an unrolled loop, and matches
     ONNX Runtime running the Scan; 300 steps exceed the unroll limit."""
-    import onnxruntime as ort
-
     model = ssm.linear_attention_model(rule, 300, hq, hk, dk, dv, decay=decay, beta=beta, as_scan=True)
     assert "Scan" in [n.op_type for n in model.graph.node]
     feeds = ssm.linear_attention_inputs(ssm.linear_attention_model(rule, 300, hq, hk, dk, dv, decay=decay, beta=beta))
-    bundle = edgecc.compile(model, "host")
-    assert _scan_rules(bundle) == ["scan[linear_attention]"]
-    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
-    got = bundle.run(feeds)
-    for value, want in zip(model.graph.output, expected):
-        np.testing.assert_allclose(got[value.name], want, rtol=RTOL, atol=ATOL, err_msg=value.name)
+    _scan_kernel_matches_onnxruntime(model, feeds)
 
 
 def _exporter_scan(batch: int | None, heads=2, d_k=8, d_v=4, steps=40) -> onnx.ModelProto:
@@ -237,8 +242,6 @@ def _exporter_scan(batch: int | None, heads=2, d_k=8, d_v=4, steps=40) -> onnx.M
 def test_exporter_written_linear_attention_scan(batch):
     """A Scan spelled differently from the op's function body (Einsum, a batchless state,
     batch 3, opset 17) is recognised too, and matches ONNX Runtime."""
-    import onnxruntime as ort
-
     model = _exporter_scan(batch)
     rng = np.random.default_rng(3)
     feeds = {}
@@ -246,12 +249,7 @@ def test_exporter_written_linear_attention_scan(batch):
         shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
         sample = np.log(rng.uniform(0.8, 1.0, shape)) if value.name == "g_seq" else rng.standard_normal(shape)
         feeds[value.name] = sample.astype(np.float32)
-    bundle = edgecc.compile(model, "host")
-    assert _scan_rules(bundle) == ["scan[linear_attention]"]
-    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
-    got = bundle.run(feeds)
-    for value, want in zip(model.graph.output, expected):
-        np.testing.assert_allclose(got[value.name], want, rtol=RTOL, atol=ATOL, err_msg=value.name)
+    _scan_kernel_matches_onnxruntime(model, feeds)
 
 
 @pytest.fixture(scope="module")
