@@ -482,7 +482,8 @@ def _lane_partials(sch: Schedule, block, lanes: int):
     """For a reduction along the row when the row is whole vectors: a block reducing it first
     into one partial result per vector lane (a vector max or sum a step, no dependency chain
     through one scalar), ``block`` then reducing the ``lanes`` partials; that partial block, or
-    None."""
+    None. (A ragged row would need predicated vector loads past its end, which read garbage
+    under LLVM's fast-math flags: it keeps its scalar reduction.)"""
     loop = sch.get_loops(block)[-1]
     extent = _extent(sch, loop)
     if extent is None or extent % lanes or extent < 2 * lanes:
