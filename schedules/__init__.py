@@ -20,8 +20,8 @@ from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
 from . import attention, cpu, gpu, int4, int8, sparse, ssm, winograd
-from .compute import (WHOLE_REDUCTION_ATTR, conv2d_legalizer, extreme_reduce_legalizers, fast_math_legalizers,
-                      matmul_legalizer)
+from .compute import (GROUP_WIDTH_ATTR, WHOLE_REDUCTION_ATTR, conv2d_legalizer, extreme_reduce_legalizers,
+                      fast_math_legalizers, matmul_legalizer)
 
 RULE_ATTR = "edgecc.schedule"
 
@@ -94,9 +94,12 @@ def schedule_cpu(sch: Schedule, lanes: int, partial_tiles: bool = True,
         return "row-fused"
     if main is not None:
         name = sch.get(main).annotations.get("edgecc.kernel") or sch.get(main).name_hint
+        width = sch.get(main).annotations.get(GROUP_WIDTH_ATTR)
         done = cpu.tiled_reduction(sch, main, lanes, partial_tiles, choices)
         if done:
             rule = f"tiled-reduction[{name}]"
+            if width is not None:
+                done += cpu.ungroup(sch, done[1], int(width), lanes, partial_tiles)
         elif choices.variant:
             return None
         else:

@@ -9,6 +9,9 @@ at compile time:
   ``ob`` output channels (the SIMD lanes) reads one contiguous weight row per
   input channel, in the order the reduction walks it.
 - ``depthwise_conv2d_nhwc``: weight ``[KH, KW, C]``, channels contiguous.
+- ``grouped_conv2d_nhwc_padded``: weight ``[G, KH, KW, IC/G, padded]``, for groups whose
+  width is not whole vectors (shufflenet's 68): computed per group over the flattened
+  pixels, each group padded to whole vectors, the padding sliced off on the way out.
 
 The schedule rules find these kernels by the ``edgecc.kernel`` block annotation, and the
 packed block (the register tile's width) in ``edgecc.block``.
@@ -21,6 +24,8 @@ import tvm
 from tvm import relax, te, topi
 
 from edgecc.passes._util import const_array, static_shape
+
+GROUP_WIDTH_ATTR = "edgecc.group_width"  # a padded grouped conv's real output channels per group
 
 
 def output_block(channels: int, lanes: int) -> int:
@@ -82,13 +87,13 @@ def conv2d_nhwc_packed(data, weight, strides, padding, dilation, groups, out_cha
     return te.compute((n, out_h, out_w, keep_channels), lambda *i: conv[i], name="unpad_channels")
 
 
-def grouped_conv2d_nhwc_padded(data, weight, strides, padding, dilation, out_channels):
+def grouped_conv2d_nhwc_padded(data, weight, strides, padding, dilation, out_channels, lanes):
     """Grouped conv whose group width is not a multiple of the vector: each group's output
-    channels are padded up to whole vectors (zero weights) and computed per group, then the
-    padding is sliced away: ``weight[g, c // ob, kh, kw, rc, c % ob]``."""
+    channels are padded up to whole vectors (zero weights) and computed per group over the
+    flattened output pixels, ``conv[n, g, pixel, c]`` from ``weight[g, kh, kw, rc, c]``; the
+    padding is sliced away by the output block (scheduled group by group, :func:`.cpu.ungroup`)."""
     n, height, width, in_channels = (int(x) for x in data.shape)
-    groups, _, kh, kw, group_in, ob = (int(x) for x in weight.shape)
-    padded = int(weight.shape[1]) * ob
+    groups, kh, kw, group_in, padded = (int(x) for x in weight.shape)
     group_out = out_channels // groups
     (sh, sw), (dh, dw) = strides, dilation
     out_h, out_w = _output_size(height, width, kh, kw, strides, padding, dilation)
@@ -96,12 +101,25 @@ def grouped_conv2d_nhwc_padded(data, weight, strides, padding, dilation, out_cha
     rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
     rc = te.reduce_axis((0, group_in), "rc")
     conv = te.compute(
-        (n, out_h, groups, out_w, padded),
-        lambda b, h, g, w, c: te.sum(pad[b, h * sh + rh * dh, w * sw + rw * dw, g * group_in + rc]
-                                     * weight[g, c // ob, rh, rw, rc, c % ob], axis=[rh, rw, rc]),
-        name="grouped_conv2d_nhwc", attrs={"edgecc.kernel": "grouped_conv2d_nhwc", "edgecc.block": ob})
+        (n, groups, out_h * out_w, padded),
+        lambda b, g, p, c: te.sum(pad[b, p // out_w * sh + rh * dh, p % out_w * sw + rw * dw, g * group_in + rc]
+                                  * weight[g, rh, rw, rc, c], axis=[rh, rw, rc]),
+        name="grouped_conv2d_nhwc",
+        attrs={"edgecc.kernel": "grouped_conv2d_nhwc", "edgecc.block": grouped_block(padded, lanes),
+               GROUP_WIDTH_ATTR: group_out})
     return te.compute((n, out_h, out_w, out_channels),
-                      lambda b, h, w, oc: conv[b, h, oc // group_out, w, oc % group_out], name="unpad_groups")
+                      lambda b, h, w, oc: conv[b, oc // group_out, h * out_w + w, oc % group_out],
+                      name="unpad_groups")
+
+
+def grouped_block(padded: int, lanes: int) -> int:
+    """Output channels per register tile of a padded grouped conv: the whole padded group up
+    to five vectors (80 of 68 channels: 4 rows x 5 vectors), else the most vectors up to three
+    that divide it (144 -> 48)."""
+    vectors = padded // lanes
+    if vectors <= 5:
+        return padded
+    return lanes * max(v for v in (1, 2, 3) if vectors % v == 0)
 
 
 def pack_conv_weight(weight: np.ndarray, groups: int, lanes: int) -> np.ndarray:
@@ -242,13 +260,10 @@ def conv2d_legalizer(lanes: int, winograd=None):
         group_out = out_channels // groups
         if groups > 1 and group_out % lanes and group_out > lanes:
             padded = -(-group_out // lanes) * lanes
-            ob = output_block(padded, lanes)
-            packed = np.zeros((groups, padded // ob, kh, kw, group_in, ob), np.float32)
-            grouped = weight.reshape(groups, group_out, group_in, kh, kw).transpose(0, 3, 4, 2, 1)
-            for c in range(group_out):
-                packed[:, c // ob, :, :, :, c % ob] = grouped[..., c]
+            packed = np.zeros((groups, kh, kw, group_in, padded), np.float32)
+            packed[..., :group_out] = weight.reshape(groups, group_out, group_in, kh, kw).transpose(0, 3, 4, 2, 1)
             return bb.call_te(grouped_conv2d_nhwc_padded, call.args[0], relax.const(packed), strides, padding,
-                              dilation, out_channels, primfunc_name_hint="grouped_conv2d")
+                              dilation, out_channels, lanes, primfunc_name_hint="grouped_conv2d")
         keep = out_channels
         if groups == 1 and out_channels % lanes and out_channels > lanes:
             # e.g. 1000 classes: 32 tiles of two whole vectors (24 padded channels) beat 125

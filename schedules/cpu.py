@@ -359,6 +359,45 @@ def tiled_reduction(sch: Schedule, block, lanes: int, partial_tiles: bool = True
     return [block, writeback, init]
 
 
+def ungroup(sch: Schedule, writeback, width: int, lanes: int, partial_tiles: bool = True) -> list:
+    """The output block of a padded grouped conv (``conv[n, g, pixel, c]`` -> ``out[n, h, w,
+    g * width + c]``, epilogue included): walked pixel by pixel and group by group so it reads
+    and writes whole vectors, ``width`` split into whole vectors and a narrower rest (68: four
+    vectors of 16 and one of 4) instead of gathering across groups. Returns the block it
+    scheduled (none when the kernel does not have that shape)."""
+    consumers = sch.get_consumers(writeback)
+    if len(consumers) != 1 or not partial_tiles:
+        return []
+    block = consumers[0]
+    extents = [int(iv.dom.extent) for iv in sch.get(block).iter_vars]
+    if len(extents) < 2 or extents[-1] % width:
+        return []
+
+    def flat(*index):
+        pixel = 0
+        for i, extent in zip(index[:-1], extents[:-1]):
+            pixel = pixel * extent + i
+        return pixel, index[-1]
+
+    name = sch.get(block).name_hint
+    root = sch.get_sblock("root")
+    before = {sch.get(b).name_hint for b in sch.get_child_blocks(root)} - {name}
+    sch.transform_block_layout(block, tvm.tirx.IndexMap.from_func(flat, ndim=len(extents)))
+    block = sch.get_sblock(name)  # a new block
+    pixels, channels = sch.get_loops(block)
+    _, inside = sch.split(channels, [None, width])
+    whole = width // lanes * lanes
+    parts = sch.loop_partition(inside, [whole, None]) if whole and whole < width else [inside]
+    for part in parts:
+        if _extent(sch, part) > lanes:
+            outer, part = sch.split(part, [None, lanes])
+            sch.unroll(outer)
+        sch.vectorize(part)
+    if extents[-1] * (_extent(sch, pixels) or 0) >= PARALLEL_MIN_ELEMENTS:
+        sch.parallel(pixels)
+    return [b for b in sch.get_child_blocks(root) if sch.get(b).name_hint not in before]  # renamed by the partition
+
+
 def _vectorize_tile(sch: Schedule, vec_loop, reg_loop, lanes: int) -> None:
     """Vectorise a tile's contiguous loop one register (``lanes``) at a time, unrolling the rest.
     (Vectors wider than a register break TVM's scalable-vector lowering for RVV.)"""
