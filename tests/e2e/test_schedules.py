@@ -104,6 +104,9 @@ CASES = {
     "conv1x1-odd-channels": lambda: conv_model(24, 40, 13, 1, epilogue=None),
     "conv-first-layer-strided": lambda: conv_model(3, 64, 33, 7, stride=2, pad=(3, 3, 3, 3)),
     "conv-1000-classes": lambda: conv_model(32, 1000, 5, 1),
+    # an RGB stem with 24 outputs (shufflenet's): the padded copy of 3 channels is read in place,
+    # the tile is 2 vectors wide and its first 24 channels are written from registers
+    "conv-rgb-stem-sliced": lambda: conv_model(3, 24, 17, 3, stride=2, pad=(1, 1, 1, 1), bn=True),
     "conv-asymmetric-pad": lambda: conv_model(8, 16, 10, 3, pad=(0, 1, 1, 0), epilogue="Sigmoid"),
     "conv-dilated": lambda: conv_model(16, 16, 12, 3, pad=(2, 2, 2, 2), dilation=2),
     "conv-grouped": lambda: conv_model(24, 48, 10, 1, group=3, bn=True),
