@@ -81,12 +81,22 @@ def interleaved(runners: dict, rounds: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def per_op_times(bundle, inputs: dict[str, np.ndarray]) -> list[tuple[str, int, float]]:
+def use_threads(threads: int) -> None:
+    """Size this process's TVM thread pool. Without it TVM takes ``TVM_NUM_THREADS``, else half
+    the hardware threads on x86 (it assumes hyper-threading): one thread on a 2-vCPU machine."""
+    import tvm
+
+    tvm.get_global_func("runtime.config_threadpool")(1, int(threads))  # 1: TVM's default affinity
+
+
+def per_op_times(bundle, inputs: dict[str, np.ndarray], threads: int | None = None) -> list[tuple[str, int, float]]:
     """(kernel, calls, total ms) for one run of ``main``, slowest first (host bundles only).
 
-    Runs in this process with TVM's default thread pool (all cores)."""
+    Runs in this process, on ``threads`` threads (default: every core)."""
     import tvm
     from tvm import relax
+
+    use_threads(threads or os.cpu_count() or 1)
 
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(bundle.path / "model.so")), tvm.cpu())
     args = [tvm.runtime.tensor(a) for a in bundle.check_inputs(inputs)]
@@ -108,8 +118,8 @@ def per_op_times(bundle, inputs: dict[str, np.ndarray]) -> list[tuple[str, int, 
 
 
 def copy_bandwidth(nbytes: int, threads: int, repeat: int = 10) -> float:
-    """GB/s of a parallel, vectorised float32 copy (read + write) of ``nbytes``, on TVM's thread
-    pool (``TVM_NUM_THREADS``, default every core)."""
+    """GB/s of a parallel, vectorised float32 copy (read + write) of ``nbytes`` on ``threads``
+    threads."""
     import tvm
 
     from edgecc.targets import get_target
@@ -123,6 +133,7 @@ def copy_bandwidth(nbytes: int, threads: int, repeat: int = 10) -> float:
     sch.parallel(i)
     sch.vectorize(j)
     lib = tvm.compile(sch.mod, target=get_target("host").tvm_target()).jit()
+    use_threads(threads)
     a = tvm.runtime.tensor(np.ones((n // 1024, 1024), np.float32))
     b = tvm.runtime.tensor(np.zeros((n // 1024, 1024), np.float32))
     lib["copy"](a, b)
@@ -202,4 +213,4 @@ def measure(bundle, proto, *, vs: str | None = "onnxruntime", threads: int | Non
         for step in ((run_edgecc, run_peer) if index % 2 == 0 else (run_peer, run_edgecc)):
             step()
     return BenchResult(statistics.median(ours), statistics.median(theirs) if theirs else None, threads,
-                       rounds, repeat, per_op_times(bundle, inputs) if per_op else None)
+                       rounds, repeat, per_op_times(bundle, inputs, threads) if per_op else None)

@@ -235,6 +235,9 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
                              f"GPU schedules, which have no tunable space in edgecc yet")
     if not isinstance(model, onnx.ModelProto):
         model = load_onnx(model)
+    if not rpc_tracker:  # measure on every core, as the model runs: TVM's own default halves an
+        # x86 machine's threads (it assumes hyper-threading), one thread on 2 vCPUs
+        os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
     runner = _rpc_runner(rpc_tracker, rpc_key) if rpc_tracker else \
         ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR))
 
