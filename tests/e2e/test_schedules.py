@@ -89,6 +89,23 @@ def residual_concat_model():
     return _graph(nodes, [_value("x", [1, 24, 9, 9])], [_value("y", [1, 48, 9, 9])], [w1, w2, shape5, shape4])
 
 
+def grouped_shuffle_model():
+    """Shufflenet's unit core: a grouped 1x1 conv with groups of 68 channels, ReLU, a channel
+    shuffle of 4 groups, a depthwise 3x3 conv."""
+    rng = np.random.default_rng(4)
+    w1 = numpy_helper.from_array((rng.standard_normal((272, 68, 1, 1)) / 8).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array((rng.standard_normal((272, 1, 3, 3)) / 3).astype(np.float32), "w2")
+    shape5 = numpy_helper.from_array(np.array([1, 4, 68, 6, 6], np.int64), "s5")
+    shape4 = numpy_helper.from_array(np.array([1, 272, 6, 6], np.int64), "s4")
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="gconv", group=4),
+             helper.make_node("Relu", ["a"], ["ar"], name="relu"),
+             helper.make_node("Reshape", ["ar", "s5"], ["g"], name="split"),
+             helper.make_node("Transpose", ["g"], ["gt"], name="shuffle", perm=[0, 2, 1, 3, 4]),
+             helper.make_node("Reshape", ["gt", "s4"], ["s"], name="merge"),
+             helper.make_node("Conv", ["s", "w2"], ["y"], name="dw", group=272, pads=[1, 1, 1, 1])]
+    return _graph(nodes, [_value("x", [1, 272, 6, 6])], [_value("y", [1, 272, 6, 6])], [w1, w2, shape5, shape4])
+
+
 def gemm_model(m, k, n, trans_b=0):
     rng = np.random.default_rng(3)
     w = (rng.standard_normal((n, k) if trans_b else (k, n)) / np.sqrt(k)).astype(np.float32)
@@ -122,6 +139,7 @@ CASES = {
     "avgpool": lambda: pool_model("AveragePool", 16, 12, kernel=2, stride=2, pad=(0, 0, 0, 0)),
     "global-avgpool": lambda: pool_model("GlobalAveragePool", 40, 7),
     "residual-concat-shuffle": residual_concat_model,
+    "grouped-conv-shuffle": grouped_shuffle_model,
     "gemv-transposed": lambda: gemm_model(1, 200, 1000, trans_b=1),
     "gemm": lambda: gemm_model(37, 64, 48),
     "encoder": lambda: encoder_model(layers=1, d_model=64, heads=2, seq=24, ffn=128),
@@ -153,7 +171,7 @@ def test_host_matches_onnxruntime_and_every_kernel_is_scheduled(case):
 
 @pytest.mark.parametrize("target", ["arm", "riscv"])
 @pytest.mark.parametrize("case", ["conv-depthwise-strided", "conv-grouped-padded", "conv-grouped-wide",
-                                  "residual-concat-shuffle", "encoder",
+                                  "residual-concat-shuffle", "grouped-conv-shuffle", "encoder",
                                   "gemv-transposed"])
 def test_cross_target_matches_onnxruntime(case, target):
     model = CASES[case]()
@@ -184,3 +202,21 @@ def test_verbose_build_names_the_rule_of_every_kernel(tmp_path):
     for kernel, rule in rules.items():
         assert f"{kernel}: {rule}" in proc.stderr
     assert any(rule.startswith("tiled-reduction[conv2d_nhwc]") for rule in rules.values())
+
+
+def test_a_channel_shuffle_is_copied_as_an_interleave_and_other_copies_are_not():
+    from tvm import te
+    from tvm.s_tir import Schedule
+
+    from edgecc.schedules import cpu
+
+    def factor(compute, *inputs):
+        sch = Schedule(te.create_prim_func([*inputs, compute]))
+        return cpu._interleave_factor(sch, sch.get_sblock(compute.op.name))
+
+    x = te.placeholder((1, 5, 5, 272), name="x")
+    nchw = te.placeholder((1, 272, 5, 5), name="nchw")
+    assert factor(te.compute(x.shape, lambda n, h, w, j: x[n, h, w, j % 4 * 68 + j // 4], name="shuffle"), x) == 4
+    assert factor(te.compute(x.shape, lambda *i: x(*i), name="copy"), x) is None
+    assert factor(te.compute(x.shape, lambda n, h, w, c: nchw[n, c, h, w], name="to_nhwc"), nchw) is None
+    assert factor(te.compute(x.shape, lambda n, h, w, c: x[n, h, w, 271 - c], name="reverse"), x) is None
