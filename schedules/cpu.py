@@ -217,6 +217,7 @@ def _interleave_factor(sch: Schedule, block) -> int | None:
     shape = [int(d) for d in load.source.shape] if all(hasattr(d, "value") for d in load.source.shape) else None
     if extent < 8 or shape is None or not _store_is_last(node):
         return None
+
     def address(j: int) -> int | None:
         analyzer = Analyzer()
         for iv in node.iter_vars:
