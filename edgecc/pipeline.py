@@ -50,7 +50,7 @@ def phases(preset, target, tuning=None, conv_policy=None, sparsity="auto") -> li
     ``sparsity`` (``auto``/``off``) whether sparse weights become sparse kernels."""
     backend = _backend(preset)
     return [
-        ("graph", graph_passes(preset, sparsity)),
+        ("graph", graph_passes(preset, sparsity, tuning)),
         # The CUDA backend's legalize list ends with dlight; edgecc's schedule phase owns that.
         ("legalize", backend.library_dispatch_passes(target) + [
             relax.transform.LegalizeOps(legalize_map(preset, conv_policy)), relax.transform.AnnotateTIROpPattern(),

@@ -29,15 +29,16 @@ from .sparsify import Sparsify
 SPARSITY_MODES = ("auto", "off")
 
 
-def graph_passes(preset, sparsity: str = "auto") -> list:
+def graph_passes(preset, sparsity: str = "auto", tuning=None) -> list:
     """The graph phase of the pipeline for a target preset (a list of TVM passes);
-    ``sparsity`` is ``auto`` (sparse weights to sparse kernels where measured faster) or ``off``."""
-    passes = [Int4Matmul(preset), relax.transform.DeadCodeElimination()] if preset.device == "cpu" else []
+    ``sparsity`` is ``auto`` (sparse weights to sparse kernels where measured faster) or ``off``;
+    ``tuning`` (:class:`edgecc.tuning.TuningRecords`) sets the INT8/INT4 kernels' knobs it measured."""
+    passes = [Int4Matmul(preset, tuning), relax.transform.DeadCodeElimination()] if preset.device == "cpu" else []
     passes += [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
               relax.transform.FoldConstant(), FoldAffineIntoConv(),
               relax.transform.DeadCodeElimination(), AccumulateFloat32()]
     if preset.device == "cpu":
         passes += [DecodeAttention(preset), ChannelsLast(), relax.transform.DeadCodeElimination(),
                    Sparsify(preset, sparsity), relax.transform.DeadCodeElimination()]
-    passes += [Int8Matmul(preset), relax.transform.DeadCodeElimination()]
+    passes += [Int8Matmul(preset, tuning), relax.transform.DeadCodeElimination()]
     return passes + [relax.transform.FoldConstant()]

@@ -40,10 +40,23 @@ REPORT_ATTR = "edgecc.int4"
 INT8_REPORT_ATTR = "edgecc.int8"
 
 
+def _choose(spec, tuning, entry: dict):
+    """A kernel's knobs: from the tuning logs where they measured its candidates, else
+    ``spec``'s defaults; recorded in the layer's report ``entry``."""
+    from edgecc.schedules import knobs
+
+    spec, note = knobs.choose(spec, tuning, entry["layer"])
+    entry["knobs"] = spec.label
+    if note:
+        entry["knobs_tuned"] = note
+    return spec
+
+
 @mutator
 class _Int4(PyExprMutator):
-    def __init__(self, mod, lanes: int, vnni: bool, report: list):
+    def __init__(self, mod, lanes: int, vnni: bool, report: list, tuning=None):
         super().__init__(mod)
+        self.tuning = tuning
         self.mod = mod
         self.lanes = lanes
         self.vnni = vnni
@@ -73,7 +86,7 @@ class _Int4(PyExprMutator):
         return (*arrays, int(group), int(attrs.get(int4.ACCURACY_ATTR, 0)))
 
     def visit_var_binding_(self, binding):
-        from edgecc.schedules import int4
+        from edgecc.schedules import int4, knobs
 
         call = binding.value
         found = self._dequantize(call.args[1]) if op_name(call) == "relax.matmul" else None
@@ -92,23 +105,27 @@ class _Int4(PyExprMutator):
             entry["reason"] = f"N={n} is not a multiple of {2 * self.lanes} (two SIMD vectors): float32"
             super().visit_var_binding_(binding)
             return
-        if accuracy_level >= 4 and self.vnni and group % 4 == 0:
+        vnni = accuracy_level >= 4 and self.vnni and group % 4 == 0
+        name = "int4_matmul_vnni" if vnni else "int4_matmul"
+        spec = _choose(knobs.Spec("int4_matmul", {
+            "lead": list(lead), "k": k, "n": n, "group": group, "lanes": self.lanes, "vnni": vnni},
+            {"c": c, "rows": rows}), self.tuning, entry)
+        c = spec.knobs["c"]
+        if vnni:
             packed, tile_scales, tile_zeros = int4.pack_vnni(codes, scales, zeros, c)
-            func, name = int4.kernel_vnni(lead, k, n, group, c, rows), "int4_matmul_vnni"
             entry["activations"] = "int8"
             entry["reason"] = "4-bit weight, accuracy_level 4: int8 activations, VNNI dot products"
         else:
             packed, tile_scales, tile_zeros = int4.pack(codes, scales, zeros, self.lanes, c)
-            func, name = int4.kernel(lead, k, n, group, self.lanes, c, rows), "int4_matmul"
             entry["reason"] = "4-bit weight: INT4 kernel"
-        gvar = self.builder_.add_func(func, name)
+        gvar = self.builder_.add_func(knobs.write(spec), name)
         entry["kernel"] = gvar.name_hint
         rebind(self, binding, relax.call_tir(
             gvar, [self.visit_expr(call.args[0]), relax.const(packed), relax.const(tile_scales),
                    relax.const(tile_zeros)], relax.TensorType(list(out_shape), "float32")))
 
 
-def Int4Matmul(preset):  # noqa: N802 (TVM pass naming)
+def Int4Matmul(preset, tuning=None):  # noqa: N802 (TVM pass naming)
     """Pass: matmuls reading an imported 4-bit weight to INT4 kernels for a CPU preset."""
     import tvm
 
@@ -121,7 +138,7 @@ def Int4Matmul(preset):  # noqa: N802 (TVM pass naming)
         report: list[dict] = []
         lanes = fp32_lanes(preset)
         vnni = preset.arch == "x86_64" and lanes == 16 and target_has_features("avx512vnni", preset.tvm_target())
-        rewriter = _Int4(mod, lanes, vnni, report)
+        rewriter = _Int4(mod, lanes, vnni, report, tuning)
         for gvar, func in list(mod.functions_items()):
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))
@@ -140,8 +157,9 @@ def report_of(mod) -> list[dict]:
 # -- INT8 ---------------------------------------------------------------------------------------
 @mutator
 class _Int8(PyExprMutator):
-    def __init__(self, mod, isa, matmul_isa, report: list):
+    def __init__(self, mod, isa, matmul_isa, report: list, tuning=None):
         super().__init__(mod)
+        self.tuning = tuning
         self.isa = isa  # convs (and matmuls, unless the CPU has matrix products)
         self.matmul_isa = matmul_isa
         self.report = report
@@ -183,7 +201,7 @@ class _Int8(PyExprMutator):
     def _conv(self, binding) -> bool:
         """Rewrite an int32 NHWC conv2d of int8/uint8 activations by a constant weight into the
         dot-product conv kernel; False where it does not apply."""
-        from edgecc.schedules import int8
+        from edgecc.schedules import int8, knobs
 
         if self.isa is None:  # (CUDA: matmuls only)
             return False
@@ -202,8 +220,12 @@ class _Int8(PyExprMutator):
         oc, ch, kh, kw = weight.shape
         entry = {"layer": binding.var.name, "weight": [oc, ch, kh, kw], "op": "conv2d", "kernel": None}
         self.report.append(entry)
-        tiles = int8.conv_tile(oc, out_shape[2], self.isa.lanes)
-        packed = int8.pack_conv(weight.astype(np.int32), self.isa.lanes, tiles[0], self.isa.dot)
+        c, pixels = int8.conv_tile(oc, out_shape[2], self.isa.lanes)
+        spec = knobs.Spec("int8_conv", {
+            "shape": list(static_shape(a)), "layout": layout, "a_dtype": str(a.ty.dtype), "oc": oc, "kernel_hw": [kh, kw],
+            "strides": [int(s) for s in attrs.strides], "pads": [int(p) for p in attrs.padding],
+            "out_hw": list(out_shape[1:3]), "isa": self.isa.name, "lanes": self.isa.lanes}, {"c": c, "pixels": pixels})
+        packed = int8.pack_conv(weight.astype(np.int32), self.isa.lanes, c, self.isa.dot)
         depthwise = int(attrs.groups) == oc and ch == 1
         if depthwise and layout == "NHWC" and weight.min() >= -128 and weight.max() <= 127:
             from edgecc.schedules.compute import depthwise_conv2d_nhwc_int8
@@ -224,12 +246,11 @@ class _Int8(PyExprMutator):
         if reason is not None:
             entry["reason"] = reason
             return False
-        func = int8.conv_kernel(tuple(static_shape(a)), layout, str(a.ty.dtype), oc, (kh, kw),
-                                tuple(int(s) for s in attrs.strides), tuple(int(p) for p in attrs.padding),
-                                tuple(out_shape[1:3]), self.isa, *tiles)
-        gvar = self.builder_.add_func(func, f"int8_conv_{self.isa.name}")
+        spec = _choose(spec, self.tuning, entry)
+        gvar = self.builder_.add_func(knobs.write(spec), f"int8_conv_{self.isa.name}")
         entry["kernel"], entry["reason"] = gvar.name_hint, self._how()
-        w, cw = packed
+        w, cw = packed if spec.knobs["c"] == c else \
+            int8.pack_conv(weight.astype(np.int32), self.isa.lanes, spec.knobs["c"], self.isa.dot)
         rebind(self, binding, relax.call_tir(
             gvar, [self.visit_expr(a), self._zero(zero), relax.const(w), relax.const(cw)],
             relax.TensorType(list(out_shape), "int32")))
@@ -247,7 +268,7 @@ class _Int8(PyExprMutator):
         return zero
 
     def visit_var_binding_(self, binding):
-        from edgecc.schedules import int8
+        from edgecc.schedules import int8, knobs
 
         call = binding.value
         if op_name(call) == "relax.nn.conv2d" and self._conv(binding):
@@ -267,25 +288,30 @@ class _Int8(PyExprMutator):
         self.report.append(entry)
         lead = tuple(static_shape(a)[:-1])
         m = int(np.prod(lead))
+        args = {"lead": list(lead), "k": k, "n": n, "a_dtype": str(a.ty.dtype)}
+        spec = None
         if self.matmul_isa is int8.SMMLA:
-            tiles = int8.mmla_tile(m, n)
-            packed = int8.pack_mmla(weight.astype(np.int32), tiles[0])
+            spec = knobs.Spec("int8_mmla", args, dict(zip(("cp", "rp"), int8.mmla_tile(m, n))))
+        elif self.matmul_isa is not int8.DP4A:
+            spec = knobs.Spec("int8_matmul", {**args, "isa": self.isa.name, "lanes": self.isa.lanes},
+                              dict(zip(("c", "rows"), int8.tile_vectors(m, n, self.isa.lanes))))
+        if spec is not None:
+            spec = _choose(spec, self.tuning, entry)
+        if self.matmul_isa is int8.SMMLA:
+            packed = int8.pack_mmla(weight.astype(np.int32), spec.knobs["cp"])
         elif self.matmul_isa is int8.DP4A:
-            tiles, packed = (), int8.pack_dp4a(weight.astype(np.int32))
+            packed = int8.pack_dp4a(weight.astype(np.int32))
         else:
-            tiles = int8.tile_vectors(m, n, self.isa.lanes)
-            packed = int8.pack(weight.astype(np.int32), self.isa.lanes, tiles[0], self.isa.dot)
+            packed = int8.pack(weight.astype(np.int32), self.isa.lanes, spec.knobs["c"], self.isa.dot)
         if packed is None:
             entry["reason"] = "a weight column spans more than 256 values: generic int32 matmul"
             super().visit_var_binding_(binding)
             return
-        if self.matmul_isa is int8.SMMLA:
-            func = int8.kernel_mmla(lead, k, n, str(a.ty.dtype), *tiles)
-            how = "int8 x int8 matrix products (i8mm smmla)"
-        elif self.matmul_isa is int8.DP4A:
+        if self.matmul_isa is int8.DP4A:
             func, how = int8.kernel_dp4a(lead, k, n, str(a.ty.dtype)), "int8 x int8 dot products (CUDA __dp4a)"
         else:
-            func, how = int8.kernel(lead, k, n, str(a.ty.dtype), self.isa, *tiles), self._how()
+            func = knobs.write(spec)
+            how = "int8 x int8 matrix products (i8mm smmla)" if self.matmul_isa is int8.SMMLA else self._how()
         gvar = self.builder_.add_func(func, f"int8_matmul_{self.matmul_isa.name}")
         entry["kernel"], entry["reason"] = gvar.name_hint, how
         w, wz, cw = packed
@@ -294,7 +320,7 @@ class _Int8(PyExprMutator):
             relax.TensorType(list(out_shape), "int32")))
 
 
-def Int8Matmul(preset):  # noqa: N802 (TVM pass naming)
+def Int8Matmul(preset, tuning=None):  # noqa: N802 (TVM pass naming)
     """Pass: int32 matmuls and NHWC convs of int8/uint8 activations by a constant weight (as
     the quantized ops import, constants folded) to INT8 kernels for the CPU preset: AVX-512 VNNI
     or AArch64 dotprod dot products, i8mm matrix products for matmuls, widening
@@ -308,7 +334,7 @@ def Int8Matmul(preset):  # noqa: N802 (TVM pass naming)
         if matmul_isa is None:
             return mod
         report: list[dict] = []
-        rewriter = _Int8(mod, isa, matmul_isa, report)
+        rewriter = _Int8(mod, isa, matmul_isa, report, tuning)
         for gvar, func in list(mod.functions_items()):
             if isinstance(func, relax.Function):
                 rewriter.builder_.update_func(gvar, rewriter.visit_expr(func))

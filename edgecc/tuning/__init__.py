@@ -47,6 +47,17 @@ class TuningRecords:
         """The record for a kernel, if any (without counting it as used)."""
         return self.records.get(workload_key(func))
 
+    def knob_records(self, spec) -> list[dict]:
+        """Records of a hand-written kernel's candidates: same kind and arguments as ``spec``
+        (:class:`edgecc.schedules.knobs.Spec`), any knobs."""
+        from edgecc.schedules.knobs import Spec
+
+        found = []
+        for record in self.records.values():
+            if "knobs" in record and spec.same_kernel(Spec.from_json(record["knobs"])):
+                found.append(record)
+        return found
+
     def lookup(self, kernel: str, func) -> dict | None:
         record = self.records.get(workload_key(func))
         self._kernels[kernel] = record

@@ -203,6 +203,14 @@ def check_record(record) -> str | None:
         return "latency out of range"
     if len(record["trace"]) != 2 or not isinstance(record["trace"][0], list):
         return "trace is not a MetaSchedule trace"
+    if "knobs" in record:  # optional: a hand-written kernel's spec (edgecc.schedules.knobs)
+        try:
+            knobs = json.loads(record["knobs"])
+            if not (isinstance(knobs, dict) and isinstance(knobs.get("kind"), str)
+                    and isinstance(knobs.get("args"), dict) and isinstance(knobs.get("knobs"), dict)):
+                raise ValueError
+        except (TypeError, ValueError):
+            return "knobs is not a kernel spec (kind, args, knobs)"
     return None
 
 

@@ -49,13 +49,13 @@ def export(path, output, model=None, input_shapes=None, out: Callable[[str], Non
     records = dict(log.records)
     if model is not None:
         from edgecc.frontend import import_onnx, load_onnx
-        from edgecc.pipeline import kernels_both_ways
         from edgecc.targets import get_target
+        from edgecc.tuning.tuner import tuning_kernels
 
         target = log.header["target"]
         preset = _preset_for(target)
         mod, _, _ = import_onnx(load_onnx(model), input_shapes)
-        wanted = {workload_key(func) for _, func, _ in kernels_both_ways(mod, preset)}
+        wanted = {workload_key(func) for _, func, _, _ in tuning_kernels(mod, preset)}
         records = {k: r for k, r in records.items() if k in wanted}
         del get_target
     exported = TuningLog(Path(output), log.header, records)
@@ -88,6 +88,15 @@ def replay(record: dict):
         raise ValueError(f"kernel does not parse: {type(err).__name__}") from None
     if workload_key(func) != record["workload"] or kernel_script(func) != record["func"]:
         raise ValueError("kernel does not match its workload key")
+    if "knobs" in record:  # a hand-written kernel's candidate: the kernel this edgecc writes for them
+        from edgecc.schedules import knobs
+
+        try:
+            written = knobs.write(knobs.Spec.from_json(record["knobs"]))
+        except (AssertionError, KeyError, TypeError, ValueError):
+            written = None
+        if written is None or workload_key(written) != record["workload"]:
+            raise ValueError("its knobs do not write its kernel")
     sch = Schedule(func.with_attr("global_symbol", "main"))
     try:
         Trace.apply_json_to_schedule(record["trace"], sch)

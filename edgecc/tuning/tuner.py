@@ -28,7 +28,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.schedule import Schedule
 
 from edgecc.errors import UserInputError
-from edgecc.schedules import cpu, fp32_lanes, schedule_cpu, ssm, winograd
+from edgecc.schedules import cpu, fp32_lanes, knobs, schedule_cpu, ssm, winograd
 from edgecc.tuning.log import TuningLog, kernel_script, new_header, parse_kernel, read_log, workload_key
 from edgecc.tuning.space import has_decisions, space_generator
 
@@ -45,8 +45,9 @@ class Task:
     default_us: float = 0.0
     default_trace: list | None = None
     trials: int = 0
-    tunable: bool = True  # False: a Winograd transform or a scan's chunk, measured (for the choice) but not searched
-    alternative: bool = False  # one way of several (Winograd/direct, a scan's chunk): recorded even untuned
+    tunable: bool = True  # False: a Winograd transform, a scan's chunk or knobs, measured (for the choice) but not searched
+    alternative: bool = False  # one way of several (Winograd/direct, a scan's chunk, knobs): recorded even untuned
+    spec: str | None = None  # a hand-written kernel's knobs (edgecc.schedules.knobs.Spec JSON)
 
     @property
     def share_us(self) -> float:
@@ -142,28 +143,37 @@ def _default_schedule(task: Task, preset) -> Schedule:
     return sch
 
 
-def _with_chunk_variants(kernels, preset):
-    """``(name, kernel, calls, is_chunk_variant)``: each linear-attention kernel replaced by its
-    chunk variants (``name[chunk C]``), the scan's knob, which the build picks by measurement."""
+def tuning_kernels(mod, preset):
+    """``(name, kernel, calls, spec)``: the kernels tuning measures for a model, and a log for it
+    may hold (:func:`edgecc.pipeline.kernels_both_ways`), with the knobs of hand-written kernels
+    opened up: a linear-attention kernel by its chunk variants (``name[chunk C]``), an INT8/INT4
+    kernel by its knob candidates written on their own (``name[c4 rows6]``, ``spec`` their
+    :class:`edgecc.schedules.knobs.Spec` JSON, else ``""``); the build picks among them by
+    measurement. ``spec`` is None for the other kernels."""
+    from edgecc.pipeline import kernels_both_ways
+
     lanes = fp32_lanes(preset)
-    for name, func, calls in kernels:
-        variants = ssm.chunk_variants(func, lanes)
-        if not variants:
-            yield name, func, calls, False
-        for chunk, variant in variants.items():
-            yield f"{name}[chunk {chunk}]", variant, calls, True
+    for name, func, calls in kernels_both_ways(mod, preset):
+        chunks = ssm.chunk_variants(func, lanes)
+        for chunk, variant in chunks.items():
+            yield f"{name}[chunk {chunk}]", variant, calls, ""
+        candidates = {} if chunks else knobs.variants(func)
+        for label, variant in candidates.items():
+            yield f"{name}[{label}]", variant, calls, knobs.spec_of(variant).to_json()
+        if not chunks and not candidates:
+            yield name, func, calls, None
 
 
-def _report_chunks(tasks: list[Task], progress) -> None:
-    """Each scan kernel's measured chunks, and the one a build with the log takes."""
+def _report_variants(tasks: list[Task], progress) -> None:
+    """Each hand-written kernel's measured chunks or knobs, and the ones a build with the log takes."""
     by_kernel: dict[str, dict[str, float]] = {}
     for task in tasks:
-        if "[chunk " in task.name and task.alternative:
-            base, _, chunk = task.name.partition("[chunk ")
-            by_kernel.setdefault(base, {})[chunk.rstrip("]")] = task.default_us
+        if task.alternative and "[" in task.name and winograd.alternative(task.func) is None:
+            base, _, label = task.name.partition("[")
+            by_kernel.setdefault(base, {})[label.rstrip("]")] = task.default_us
     for base, times in sorted(by_kernel.items()):
         best = min(times, key=times.get)
-        progress(f"{base}: chunk {best} ({', '.join(f'{c}: {us:.1f} us' for c, us in times.items())})")
+        progress(f"{base}: {best} ({', '.join(f'{c}: {us:.1f} us' for c, us in times.items())})")
 
 
 def _measure_defaults(tasks: list[Task], preset, target, builder, runner) -> None:
@@ -215,7 +225,6 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
     import onnx
 
     from edgecc.frontend import import_onnx, load_onnx
-    from edgecc.pipeline import kernels_both_ways
     from edgecc.targets import get_target
 
     start = time.monotonic()
@@ -256,7 +265,7 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
     mod, _, _ = import_onnx(model, input_shapes)
     # Eligible 3x3 convs both ways, Winograd and direct: the build takes the faster (choose_convs).
     tasks, untunable, seen = {}, 0, set()
-    for name, func, calls, chunk_variant in _with_chunk_variants(kernels_both_ways(mod, preset), preset):
+    for name, func, calls, spec in tuning_kernels(mod, preset):
         func = func.with_attr("global_symbol", "main")  # MetaSchedule's builder exports it as main
         key = workload_key(func)
         if (name, key) in seen:  # the same kernel in both legalizations
@@ -266,11 +275,11 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
             tasks[key].calls += calls
             continue
         tunable = has_decisions(_default_schedule(Task(name, key, func, calls), preset))
-        alternative = chunk_variant or winograd.alternative(func) is not None
+        alternative = spec is not None or winograd.alternative(func) is not None
         if not tunable and not alternative:
             untunable += 1
             continue
-        tasks[key] = Task(name, key, func, calls, tunable=tunable, alternative=alternative)
+        tasks[key] = Task(name, key, func, calls, tunable=tunable, alternative=alternative, spec=spec or None)
     def done(task):  # a conv alternative's default-only record (0 trials) is searched on a rerun
         record = tuning_log.records.get(task.key)
         return record is not None and (record["trials"] > 0 or not task.tunable)
@@ -301,7 +310,7 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
     for task in todo:  # a conv's kernels without trials: their default time decides Winograd or direct
         if not task.trials and task.alternative:
             _append(tuning_log, task, task.default_us, task.default_trace, 0, measure_info(rpc_tracker, rpc_key))
-    _report_chunks(todo, progress)
+    _report_variants(todo, progress)
     planned = [t for t in todo if t.trials]
     total_share = sum(t.share_us for t in todo) or 1.0
     progress(f"tuning {len(planned)} tasks, {sum(t.trials for t in planned)} trials"
@@ -390,9 +399,12 @@ def measure_info(rpc_tracker, rpc_key) -> dict:
 
 
 def _append(tuning_log: TuningLog, task: Task, best_us: float, trace, trials: int, measure: dict) -> None:
-    tuning_log.append({"workload": task.key, "kernel": task.name, "latency_us": round(best_us, 3),
-                       "default_us": round(task.default_us, 3), "trials": trials, "measured": measure,
-                       "trace": trace, "func": kernel_script(task.func)})
+    record = {"workload": task.key, "kernel": task.name, "latency_us": round(best_us, 3),
+              "default_us": round(task.default_us, 3), "trials": trials, "measured": measure,
+              "trace": trace, "func": kernel_script(task.func)}
+    if task.spec:
+        record["knobs"] = task.spec
+    tuning_log.append(record)
 
 
 def _report_convs(summary: TuneSummary, mod, preset, progress) -> None:

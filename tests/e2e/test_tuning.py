@@ -223,6 +223,64 @@ def test_host_log_is_refused_for_another_target(tuned, models, arm_toolchain, no
     assert not out_dir.exists()
 
 
+# -- knobs of hand-written kernels ----------------------------------------------------------------------
+
+
+def _int8_layers(bundle) -> list[dict]:
+    return next(p for p in bundle.manifest["passes"] if p["phase"] == "graph")["int8_layers"]
+
+
+def test_int8_kernel_knobs_are_measured_and_the_build_writes_the_fastest(tmp_path):
+    """An INT8 matmul's tile width and rows a pass are knobs tuning measures candidate by
+    candidate; a build writes each kernel with the fastest recorded, its weight packed to match
+    (a non-default width is made the fastest here, so the repacked weight is what runs)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgecc.schedules import knobs
+    from edgecc.zoo import ffn_model
+
+    onnx.save(ffn_model(d_model=64, hidden=256, seq=8), str(tmp_path / "ffn.onnx"))
+    quantize_dynamic(tmp_path / "ffn.onnx", tmp_path / "ffn8.onnx", weight_type=QuantType.QInt8)
+    model, log = onnx.load(str(tmp_path / "ffn8.onnx")), tmp_path / "int8.jsonl"
+    progress = []
+    tune(model, "host", log=log, trials=1, progress=progress.append)
+    header, *records = lines_of(log)
+    layers: dict[str, list[dict]] = {}
+    for record in records:
+        spec = knobs.Spec.from_json(record["knobs"])
+        assert spec.kind == "int8_matmul" and record["trials"] == 0
+        assert record["latency_us"] == record["default_us"] > 0
+        assert record["kernel"].endswith(f"[{spec.label}]")
+        layers.setdefault(json.dumps(spec.args, sort_keys=True), []).append(record)
+    assert len(layers) == 2, "\n".join(progress)  # the FFN's two matmuls
+    assert all(len(found) >= 4 for found in layers.values())
+    assert sum(": c" in line and " us" in line for line in progress) == 2  # each layer's measured knobs
+
+    # per layer, the narrowest width is made the fastest: the build writes and packs for it
+    chosen = []
+    for found in layers.values():
+        narrow = min(found, key=lambda r: (knobs.Spec.from_json(r["knobs"]).knobs["c"], r["latency_us"]))
+        narrow["latency_us"] = 0.5
+        chosen.append(knobs.Spec.from_json(narrow["knobs"]).label)
+    assert all(not label.startswith("c4 ") for label in chosen)
+    write_lines(log, [header, *records])
+    bundle = edgecc.compile(model, "host", tuning_log=log)
+    assert sorted(layer["knobs"] for layer in _int8_layers(bundle)) == sorted(chosen)
+    assert all(layer["knobs_tuned"].startswith("tuned (") for layer in _int8_layers(bundle))
+    assert bundle.manifest["tuning_records"]["from_log"] == 2
+    untuned = edgecc.compile(model, "host")
+    assert all(layer["knobs"].startswith("c4 ") for layer in _int8_layers(untuned))
+    x = {"x": np.random.default_rng(3).standard_normal((1, 8, 64)).astype(np.float32)}
+    got, reference = bundle.run(x)["y"], onnxruntime_outputs(model, x)[0]
+    np.testing.assert_allclose(got, untuned.run(x)["y"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, reference, rtol=1e-3, atol=1e-3 * np.abs(reference).max())
+
+    # a record whose knobs do not write its kernel is refused on import
+    forged = dict(records[0], knobs=json.dumps({**json.loads(records[0]["knobs"]), "knobs": {"c": 1, "rows": 1}}))
+    with pytest.raises(ValueError, match="knobs do not write its kernel"):
+        logs.replay(forged)
+
+
 # -- edgecc logs -----------------------------------------------------------------------------------------
 
 
