@@ -72,7 +72,8 @@ def cmd_tune(args) -> int:
     summary = tune(args.model, args.target, log=args.log, trials=args.trials, time_budget=args.time_budget,
                    input_shapes=dict(args.input_shape or []), rpc_tracker=args.rpc_tracker,
                    rpc_key=args.rpc_key, mcpu=args.mcpu, mattr=args.mattr, vlen=args.vlen,
-                   cuda_arch=args.cuda_arch, progress=lambda line: print(f"edgecc tune: {line}", flush=True))
+                   cuda_arch=args.cuda_arch, cold_caches=args.cold_caches,
+                   progress=lambda line: print(f"edgecc tune: {line}", flush=True))
     print(f"{summary.log}: {len(summary.results)} kernels tuned in {summary.trials} trials, "
           f"{summary.seconds:.0f}s; their time {summary.estimated_speedup():.2f}x faster than the default rules "
           f"(weighted by calls)")
@@ -229,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--time-budget", metavar="DURATION", help="wall time for the run, e.g. 30m, 1.5h, 90s")
     tune.add_argument("--rpc-tracker", metavar="HOST:PORT", help="measure on a device behind a TVM RPC tracker")
     tune.add_argument("--rpc-key", metavar="KEY", help="the device's key at the tracker")
+    tune.add_argument("--cold-caches", action="store_true",
+                      help="time each kernel with its weights flushed from the caches, as in a model whose "
+                           "weights do not stay cached between runs (default: warm)")
     tune.add_argument("--input-shape", action="append", type=_input_shape, metavar="NAME=D0,D1,...")
     tune.set_defaults(func=cmd_tune)
 

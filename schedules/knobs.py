@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import tvm
 from tvm.s_tir.schedule import Schedule
@@ -90,13 +91,6 @@ _WRITERS = {"int8_matmul": _int8_matmul, "int8_mmla": _int8_mmla, "int8_conv": _
             "int4_matmul": _int4_matmul}
 
 
-def _product(values) -> int:
-    total = 1
-    for v in values:
-        total *= int(v)
-    return total
-
-
 def candidates(spec: Spec) -> list[dict]:
     """The knob settings tuning measures for a kernel, the spec's own first: per tile width
     (widest first), the most rows (pixels) a pass its accumulators allow, and half that."""
@@ -106,16 +100,16 @@ def candidates(spec: Spec) -> list[dict]:
     if spec.kind in ("int8_matmul", "int8_conv"):
         lanes, n = a["lanes"], a["n"] if spec.kind == "int8_matmul" else a["oc"]
         vectors = -(-n // lanes)
-        m = _product(a["lead"]) if spec.kind == "int8_matmul" else a["out_hw"][1]
+        m = math.prod(a["lead"]) if spec.kind == "int8_matmul" else a["out_hw"][1]
         name = "rows" if spec.kind == "int8_matmul" else "pixels"
         fits = {c: int8.MAX_ACCUMULATORS // c for c in (4, 3, 2, 1)
                 if c <= vectors and (n % lanes or vectors % c == 0)}
         width, rows = "c", name
     elif spec.kind == "int8_mmla":
-        m, fits, width, rows = -(-_product(a["lead"]) // 2), {4: 6, 2: 12}, "cp", "rp"
+        m, fits, width, rows = -(-math.prod(a["lead"]) // 2), {4: 6, 2: 12}, "cp", "rp"
     elif spec.kind == "int4_matmul":
         lanes = 16 if a["vnni"] else a["lanes"]
-        m, width, rows = _product(a["lead"]), "c", "rows"
+        m, width, rows = math.prod(a["lead"]), "c", "rows"
         fits = {c: (int4.MAX_STACK_BYTES - 1) // (2 * c * lanes * 4) for c in (4, 2, 1)
                 if c <= int4.MAX_HALF_VECTORS and a["n"] % (2 * c * lanes) == 0}
     else:

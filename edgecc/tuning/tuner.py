@@ -33,7 +33,14 @@ from edgecc.tuning.log import TuningLog, kernel_script, new_header, parse_kernel
 from edgecc.tuning.space import has_decisions, space_generator
 
 MIN_TRIALS = 4  # a task that would get fewer is left at its default schedule
+# Warm (the default): calls back to back, the kernel's weights in the caches after the first.
 EVALUATOR = {"number": 3, "repeat": 3, "min_repeat_ms": 40}
+# Cold (``cold_caches``): one call at a time after the caches are flushed of every argument but
+# the first, as a kernel runs in a model whose weights do not stay cached between inferences.
+# On resnet50 here, warm timings were up to 2.8x below the same kernels' times in the model,
+# cold ones within 0.75-1.25x; on squeezenet, whose weights stay cached, cold ones are too slow
+# (a single call also wakes the thread pool), and a log tuned cold ran 13% slower.
+COLD_EVALUATOR = {"number": 1, "repeat": 10, "min_repeat_ms": 0, "enable_cpu_cache_flush": True}
 
 
 @dataclasses.dataclass
@@ -93,7 +100,7 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def _rpc_runner(tracker: str, key: str):
+def _rpc_runner(tracker: str, key: str, evaluator: dict):
     import socket
 
     host, sep, port = tracker.rpartition(":")
@@ -114,7 +121,7 @@ def _rpc_runner(tracker: str, key: str):
                              f"python -m tvm.exec.rpc_server --tracker {tracker} --key {key}")
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=key,
                                  session_timeout_sec=120)
-    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR))
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=ms.runner.EvaluatorConfig(**evaluator))
 
 
 def _register_cross_export() -> None:
@@ -204,7 +211,7 @@ def allocate(tasks: list[Task], total: int) -> None:
 def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = None,
          time_budget: str | float | None = None, input_shapes=None, rpc_tracker: str | None = None,
          rpc_key: str | None = None, mcpu=None, mattr=None, vlen=None, cuda_arch=None,
-         progress: Callable[[str], None] = print, seed: int = 0) -> TuneSummary:
+         progress: Callable[[str], None] = print, seed: int = 0, cold_caches: bool = False) -> TuneSummary:
     """Tune a model's kernels for a target; records go to the JSON-lines log at ``log``.
 
     Parameters
@@ -221,6 +228,9 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
         limits hold.
     rpc_tracker, rpc_key : optional
         Measure on a device registered with a TVM RPC tracker (``HOST:PORT``) under ``KEY``.
+    cold_caches : bool
+        Measure each kernel's call with its weights flushed from the caches (:data:`COLD_EVALUATOR`),
+        for models whose weights do not stay cached between inferences; default warm.
     """
     import onnx
 
@@ -247,8 +257,9 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
     if not rpc_tracker:  # measure on every core, as the model runs: TVM's own default halves an
         # x86 machine's threads (it assumes hyper-threading), one thread on 2 vCPUs
         os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
-    runner = _rpc_runner(rpc_tracker, rpc_key) if rpc_tracker else \
-        ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(**EVALUATOR))
+    evaluator = COLD_EVALUATOR if cold_caches else EVALUATOR
+    runner = _rpc_runner(rpc_tracker, rpc_key, evaluator) if rpc_tracker else \
+        ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(**evaluator))
 
     header = new_header(preset, {"rpc_key": rpc_key, "tracker": rpc_tracker} if rpc_tracker else None)
     log_path = Path(log)
@@ -258,6 +269,11 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
         if why:
             raise UserInputError(f"tuning log {log_path} cannot take records for {preset.name}: {why}; "
                                  f"use another --log")
+        if any(bool(r["measured"].get("enable_cpu_cache_flush")) != cold_caches for r in tuning_log.records.values()):
+            # its times decide between alternatives (Winograd or direct, knobs): one way of measuring a log
+            raise UserInputError(f"tuning log {log_path} was measured with {'warm' if cold_caches else 'cold'} "
+                                 f"caches; use another --log, or {'leave out' if cold_caches else 'give'} "
+                                 f"--cold-caches")
     else:
         tuning_log = TuningLog(log_path, header)
         tuning_log.write(log_path)  # exists from the start, even if no kernel gets a record
@@ -309,7 +325,8 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
     allocate([t for t in todo if t.tunable], total_trials)
     for task in todo:  # a conv's kernels without trials: their default time decides Winograd or direct
         if not task.trials and task.alternative:
-            _append(tuning_log, task, task.default_us, task.default_trace, 0, measure_info(rpc_tracker, rpc_key))
+            _append(tuning_log, task, task.default_us, task.default_trace, 0,
+                    measure_info(rpc_tracker, rpc_key, evaluator))
     _report_variants(todo, progress)
     planned = [t for t in todo if t.trials]
     total_share = sum(t.share_us for t in todo) or 1.0
@@ -317,7 +334,7 @@ def tune(model, target="host", *, log: str | os.PathLike, trials: int | None = N
              + (f", budget {budget_s:.0f}s" if budget_s is not None else ""))
 
     cost_model = ms.cost_model.XGBModel(num_warmup_samples=16, verbose_eval=0)
-    measure = measure_info(rpc_tracker, rpc_key)
+    measure = measure_info(rpc_tracker, rpc_key, evaluator)
     for index, task in enumerate(planned, start=1):
         task_start = time.monotonic()
         n = task.trials
@@ -390,9 +407,9 @@ def _skip_losing_alternatives(todo: list[Task], tuning_log: TuningLog, progress)
                      f"{us['direct']:.1f} us direct")
 
 
-def measure_info(rpc_tracker, rpc_key) -> dict:
+def measure_info(rpc_tracker, rpc_key, evaluator: dict) -> dict:
     """How a record's latency was measured (the record's ``measured``)."""
-    measure = {"runner": f"rpc:{rpc_key}" if rpc_tracker else "local", **EVALUATOR, "statistic": "mean"}
+    measure = {"runner": f"rpc:{rpc_key}" if rpc_tracker else "local", **evaluator, "statistic": "mean"}
     if rpc_tracker is None:
         measure["threads"] = int(os.environ.get("TVM_NUM_THREADS", os.cpu_count() or 1))
     return measure

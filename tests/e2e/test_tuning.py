@@ -160,6 +160,16 @@ def test_rerun_with_same_log_resumes_with_what_is_left(tuned, models, tmp_path):
         assert kept.records[record["workload"]] == record
 
 
+def test_cold_caches_measure_with_weights_flushed_and_keep_a_log_one_way(models, tmp_path):
+    log = tmp_path / "cold.jsonl"
+    summary = tune(models.a, "host", log=log, trials=TRIALS, cold_caches=True, progress=lambda _: None)
+    records = lines_of(log)[1:]
+    assert records and summary.trials > 0
+    assert all(r["measured"]["enable_cpu_cache_flush"] is True and r["measured"]["number"] == 1 for r in records)
+    with pytest.raises(UserInputError, match="measured with cold caches"):
+        tune(models.a, "host", log=log, trials=tuner.MIN_TRIALS, progress=lambda _: None)
+
+
 # -- build with a log ------------------------------------------------------------------------------------
 
 
