@@ -27,6 +27,8 @@ MAX_KNOB = 64  # no tile or pass is wider (a log's knobs are untrusted)
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
+    """A hand-written kernel: what writes it (``kind`` and its shape ``args``) and its ``knobs``."""
+
     kind: str
     args: dict
     knobs: dict
