@@ -16,6 +16,10 @@ and ONNX Runtime fp32; edgecc int8 / ORT int8 (below 1: edgecc faster); edgecc f
 int8; the matmuls and convs edgecc ran as integer kernels; the output's max abs difference
 from ONNX Runtime on the same int8 model (graph optimisations off: the model as written), in
 steps of the output's quantization; ``model.so``'s size, int8 / fp32.
+
+``--tune-knobs``: each int8 model's kernel knobs (tile width, rows a pass) are also measured
+(``edgecc.tuning.tune`` with one trial: the knob candidates, no schedule search), and a line
+under the model gives the tuning time and the build with that log, interleaved with the rest.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +38,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 
 import edgecc
 from edgecc.bench import bundle_runner, interleaved, onnxruntime_session, session_runner
+from edgecc.tuning import tune
 from edgecc.zoo import encoder_model, ffn_model, light_model, logits_model, mobilenet_model, sample_inputs
 
 MODELS = ("ffn", "encoder", "squeezenet", "resnet50", "mobilenet")
@@ -96,6 +102,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--tune-knobs", action="store_true", help="also time the int8 build with tuned knobs")
     args = parser.parse_args()
     t = args.threads
     logging.getLogger().setLevel(logging.ERROR)  # ONNX Runtime's quantizer advice on every model
@@ -113,12 +120,18 @@ def main() -> None:
                 q = quantized(model, how, Path(tmp), preprocess=convnet)
                 int8 = edgecc.compile(q, "host")
                 layers = int8.manifest["quantization"]["int8_layers"]
-                ms = interleaved({
+                runners = {
                     "int8": bundle_runner(int8, inputs, t, args.repeat),
                     "ort_int8": session_runner(onnxruntime_session(q, t), inputs, args.repeat),
                     "fp32": bundle_runner(fp32, inputs, t, args.repeat),
                     "ort_fp32": session_runner(onnxruntime_session(model, t), inputs, args.repeat),
-                }, args.rounds)
+                }
+                if args.tune_knobs:
+                    start, log = time.perf_counter(), Path(tmp) / f"{name}-{how}.jsonl"
+                    tune(q, "host", log=log, trials=1, progress=lambda _: None)
+                    tuning_s = time.perf_counter() - start
+                    runners["tuned"] = bundle_runner(edgecc.compile(q, "host", tuning_log=log), inputs, t, args.repeat)
+                ms = interleaved(runners, args.rounds)
                 diff = float(np.abs(next(iter(int8.run(inputs).values())) - exact(q, inputs)).max())
                 step = output_step(q)
                 steps = f"{diff / step:>6.2f}" if step else f"{'-':>6}"
@@ -127,6 +140,9 @@ def main() -> None:
                       f"{sum(bool(x['kernel']) for x in layers):>5}/{len(layers):<3}{diff:>10.2e}{steps}"
                       f"{(int8.path / 'model.so').stat().st_size / (fp32.path / 'model.so').stat().st_size:>6.2f}x",
                       flush=True)
+                if args.tune_knobs:
+                    print(f"{'  knobs tuned':<20}{ms['tuned']:>9.3f} ms, {ms['tuned'] / ms['int8']:.3f}x the default "
+                          f"knobs ({tuning_s:.0f} s of tuning)", flush=True)
 
 
 if __name__ == "__main__":
