@@ -19,11 +19,12 @@ import tvm
 from tvm import relax, tirx
 from tvm.s_tir import Schedule
 
-from . import attention, cpu, gpu, int4, int8, sparse, ssm, winograd
+from . import attention, cpu, gpu, int4, int8, prefetch, sparse, ssm, winograd
 from .compute import (GROUP_WIDTH_ATTR, WHOLE_REDUCTION_ATTR, conv2d_legalizer, extreme_reduce_legalizers,
                       fast_math_legalizers, matmul_legalizer)
 
 RULE_ATTR = "edgecc.schedule"
+PREFETCH_NOTE = " + weight prefetch"
 
 
 def fp32_lanes(preset) -> int:
@@ -122,15 +123,20 @@ def _takes(rule, sch: Schedule, *args) -> bool:
         return False
 
 
-def schedule_cpu_func(func: tirx.PrimFunc, lanes: int, partial_tiles: bool = True) -> tuple[tirx.PrimFunc, str]:
-    """Schedule one PrimFunc with the default CPU rules; returns it and the rule that applied."""
+def schedule_cpu_func(func: tirx.PrimFunc, lanes: int, partial_tiles: bool = True,
+                      prefetching: bool = False) -> tuple[tirx.PrimFunc, str]:
+    """Schedule one PrimFunc with the default CPU rules; returns it and the rule that applied.
+    ``prefetching``: with :mod:`.prefetch`'s weight prefetches where the schedule has the shape."""
     sch = Schedule(func)
     rule = schedule_cpu(sch, lanes, partial_tiles)
+    if prefetching and prefetch.prefetch_weights(sch):
+        rule += PREFETCH_NOTE
     return sch.mod["main"], rule
 
 
-def _tuned(gvar, func: tirx.PrimFunc, tuning) -> tirx.PrimFunc | None:
-    """The kernel scheduled by its tuning record's trace, if ``tuning`` has one that replays."""
+def _tuned(gvar, func: tirx.PrimFunc, tuning, prefetching: bool = False) -> tirx.PrimFunc | None:
+    """The kernel scheduled by its tuning record's trace, if ``tuning`` has one that replays
+    (``prefetching``: and the weight prefetches tuning measured it with)."""
     if tuning is None:
         return None
     record = tuning.lookup(gvar.name_hint, func)
@@ -145,8 +151,10 @@ def _tuned(gvar, func: tirx.PrimFunc, tuning) -> tirx.PrimFunc | None:
         tuning.failed(gvar.name_hint, f"{type(err).__name__}")
         return None
     tuning.used(gvar.name_hint, record)
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr(
-        RULE_ATTR, f"tuned ({record['latency_us']:.1f} us, default rule {record['default_us']:.1f} us)")
+    rule = f"tuned ({record['latency_us']:.1f} us, default rule {record['default_us']:.1f} us)"
+    if prefetching and prefetch.prefetch_weights(sch):
+        rule += PREFETCH_NOTE
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr(RULE_ATTR, rule)
 
 
 def _tuned_chunk(gvar, func: tirx.PrimFunc, tuning, lanes: int) -> tuple[int | None, str]:
@@ -172,6 +180,7 @@ def ScheduleCPU(preset, tuning=None):  # noqa: N802 (TVM pass naming)
     for it, else with the CPU rules; recording which."""
     lanes = fp32_lanes(preset)
     partial_tiles = preset.arch != "riscv64"
+    prefetching = preset.arch in prefetch.PREFETCH_ARCHES
 
     @tvm.transform.module_pass(opt_level=0, name="edgecc.ScheduleCPU")
     def _pass(mod, _ctx):
@@ -179,7 +188,7 @@ def ScheduleCPU(preset, tuning=None):  # noqa: N802 (TVM pass naming)
         for gvar, func in mod.functions_items():
             if not isinstance(func, tirx.PrimFunc) or RULE_ATTR in (func.attrs or {}):
                 continue
-            tuned = _tuned(gvar, func, tuning)
+            tuned = _tuned(gvar, func, tuning, prefetching)
             if tuned is not None:
                 updates[gvar] = tuned
                 continue
@@ -188,7 +197,7 @@ def ScheduleCPU(preset, tuning=None):  # noqa: N802 (TVM pass naming)
                 chunk, tuned_chunk = _tuned_chunk(gvar, func, tuning, lanes)
                 func = ssm.specialise(func, lanes, chunk, scalable=preset.arch == "riscv64")
             try:
-                new, rule = schedule_cpu_func(func, lanes, partial_tiles)
+                new, rule = schedule_cpu_func(func, lanes, partial_tiles, prefetching)
             except Exception as err:  # noqa: BLE001 -- an unscheduled kernel is slow, not wrong
                 new, rule = func, f"fallback (unscheduled: {type(err).__name__})"
             rule += tuned_chunk

@@ -318,8 +318,8 @@ class Choices:
     categorical decision in the schedule's trace, starting at the default, that MetaSchedule's
     search mutates; ``variant`` picks the loop order (one design space per variant)."""
 
-    def __init__(self, sample: bool = False, variant: int = 0):
-        self.sample, self.variant = sample, variant
+    def __init__(self, sample: bool = False, variant: int | None = None):
+        self.sample, self.variant = sample, variant  # variant None: the rule's own choice
 
     def pick(self, sch: Schedule, candidates: list[int], default: int):
         if not self.sample or len(candidates) < 2:
@@ -334,8 +334,25 @@ DEFAULT_CHOICES = Choices()
 # spatial axes before the two innermost): 0 keeps a block of output channels in a thread's cache
 # across the spatial loops; 1 and 2 keep a spatial tile's inputs across the channel blocks; 3
 # tiles the two inner spatial axes together (small feature maps: 7x7, 14x14).
-TILED_VARIANTS = 4
+# 4 splits the reduction, so that a weight-heavy conv on a small map (resnet50's last stage)
+# reads each chunk of weights from memory once and then from L1 for every row tile; the tile
+# accumulates in an L1-resident buffer of the whole map (or of one image row if that is large).
+# It is the default for a weight of KBLOCK_MIN_WEIGHT_BYTES or more (which a model reads from
+# memory, not the caches: see schedules/prefetch.py) whose tiles read KBLOCK_MIN_BLOCK_BYTES or
+# more of it each, in two row tiles or more.
+TILED_VARIANTS = 5
+KBLOCK_MIN_WEIGHT_BYTES = 1 << 20
+KBLOCK_MIN_BLOCK_BYTES = 32 * 1024  # a tile's whole weight block smaller than this stays in L1 anyway
+KBLOCK_ACCUMULATOR_BYTES = 32 * 1024
+KBLOCK_CHUNK = 64
 UNROLL_STEPS = [0, 16, 64, 512]
+
+
+def _reduction_chunks(sch: Schedule, loop) -> list[int]:
+    """Reduction steps a chunk of the split reduction may take (dividing the loop at least twice),
+    the default first."""
+    extent = _extent(sch, loop) or 0
+    return [chunk for chunk in (KBLOCK_CHUNK, 16, 32, 128) if extent % chunk == 0 and extent >= 2 * chunk]
 
 
 def _row_block_candidates(extent: int, limit: int, partial_tiles: bool) -> list[int]:
@@ -347,11 +364,51 @@ def _row_block_candidates(extent: int, limit: int, partial_tiles: bool) -> list[
     return sorted({d for d in divisors[-4:]} | {e for e in even if limit // 3 <= e <= stretch})
 
 
+def _weight_free(sch: Schedule, block, axis: int) -> bool:
+    """Whether some buffer the block reads (its weight) is not indexed by iter var ``axis``."""
+    node = sch.get(block)
+    var = node.iter_vars[axis].var
+    written = {region.source.name for region in node.writes}
+    for region in node.reads:
+        if region.source.name in written:
+            continue
+        used = set()
+        for r in region.region:
+            used |= {v.name for v in tirx.analysis.undefined_vars(r.min, [])}
+        if var.name not in used:
+            return True
+    return False
+
+
+def weight_bytes(sch: Schedule, block) -> int:
+    """Bytes of the largest buffer a reduction block reads that its rows (the spatial axis
+    before the contiguous one) do not index: a conv's or matmul's weight. 0 when it has no rows."""
+    node = sch.get(block)
+    spatial = [iv for iv in node.iter_vars if iv.iter_type == DATA_PAR]
+    if len(spatial) < 2:
+        return 0
+    rows = spatial[-2].var.name
+    written = {region.source.name for region in node.writes}
+    sizes = [0]
+    for region in node.reads:
+        used = set()
+        for r in region.region:
+            used |= {v.name for v in tirx.analysis.undefined_vars(r.min, [])}
+        if region.source.name in written or rows in used \
+                or not all(hasattr(d, "value") for d in region.source.shape):
+            continue
+        size = region.source.dtype.bits // 8
+        for dim in region.source.shape:
+            size *= int(dim)
+        sizes.append(size)
+    return max(sizes)
+
+
 def tiled_reduction(sch: Schedule, block, lanes: int, partial_tiles: bool = True,
-                    choices: Choices = DEFAULT_CHOICES) -> list:
+                    choices: Choices = DEFAULT_CHOICES, reuse_only: bool = False) -> list:
     """Register-tiled, vectorised, parallel schedule of a reduction with a contiguous output axis.
     Returns the blocks it scheduled (empty when the block does not fit the rule, or the variant
-    does not apply to it)."""
+    does not apply to it; ``reuse_only``: variant 4 where it has a single row tile)."""
     loops = _perfect_loops(sch, block)
     vec_axis = _contiguous_axis(sch, block)
     kinds = _iter_kinds(sch, block)
@@ -363,8 +420,18 @@ def tiled_reduction(sch: Schedule, block, lanes: int, partial_tiles: bool = True
         return []
     if not _contiguous_in_some_input(sch, block, vec_axis) or not (partial_tiles or _rvv_safe(sch, block)):
         return []  # e.g. softmax's row max: the lanes would gather across rows
+    if choices.variant is None:  # the default: variant 4 for a large weight where it applies, else 0
+        steps = 1
+        for i in reduce:
+            steps *= _extent(sch, loops[i]) or 0
+        block_bytes = steps * _vector_block(sch, block, _extent(sch, loops[vec_axis]), lanes) * 4
+        if weight_bytes(sch, block) >= KBLOCK_MIN_WEIGHT_BYTES and block_bytes >= KBLOCK_MIN_BLOCK_BYTES:
+            done = tiled_reduction(sch, block, lanes, partial_tiles, Choices(choices.sample, 4), reuse_only=True)
+            if done:
+                return done
+        choices = Choices(choices.sample, 0)
     variant = choices.variant
-    if len(spatial) < {0: 1, 1: 4, 2: 2, 3: 3}[variant]:
+    if len(spatial) < {0: 1, 1: 4, 2: 2, 3: 3, 4: 2}[variant]:
         return []  # the variant's loop order is one an earlier variant already has
     vec_extent = _extent(sch, loops[vec_axis])
     vb = _vector_block(sch, block, vec_extent, lanes)
@@ -372,22 +439,55 @@ def tiled_reduction(sch: Schedule, block, lanes: int, partial_tiles: bool = True
     reg_axis = spatial[-2] if len(spatial) >= 2 else None
     outer = [loops[i] for i in spatial[:-2]]
     reg_loop = loops[reg_axis] if reg_axis is not None else None
+    # Rows of an image (h, w) fuse into one row axis; a Winograd GEMM's (b, tile) would not
+    # share a weight row across the tile.
+    fusable = bool(outer) and _weight_free(sch, block, spatial[-3])
+    inner_rows = _extent(sch, reg_loop) if reg_loop is not None else None
+    fused_rows = False
+    if variant == 4:
+        chunks = _reduction_chunks(sch, loops[reduce[-1]])
+        if not chunks:
+            return []
+        fuse = fusable and inner_rows * (_extent(sch, outer[-1]) or 0) * vb * 4 <= KBLOCK_ACCUMULATOR_BYTES
+        rows = inner_rows * (_extent(sch, outer[-1]) if fuse else 1) if inner_rows else 1
+        limit = max(1, ACCUMULATORS // vectors)
+        if reuse_only and rows <= _choose_reg_block(rows, limit, partial_tiles):
+            return []  # one row tile (a Winograd GEMM's 16 tiles): no chunk is read twice
+        if fuse:
+            reg_loop, fused_rows = sch.fuse(outer.pop(), reg_loop), True
     if variant == 3:  # the two inner spatial axes as one row axis
-        reg_loop = sch.fuse(outer.pop(), reg_loop)
+        if not fusable:
+            return []
+        reg_loop, fused_rows = sch.fuse(outer.pop(), reg_loop), True
 
     vec_o, vec_i = sch.split(loops[vec_axis], [None, vb])
     if reg_loop is not None:
         extent, limit = _extent(sch, reg_loop), max(1, ACCUMULATORS // vectors)
+        candidates = _row_block_candidates(extent, limit, partial_tiles)
         default = _choose_reg_block(extent, limit, partial_tiles)
-        rb = choices.pick(sch, _row_block_candidates(extent, limit, partial_tiles), default)
+        if fused_rows and variant == 3:
+            # A tile written back as it is done must not straddle two image rows: its writeback
+            # covers both rows whole, and would copy the part of the next not yet computed.
+            candidates = [rb for rb in candidates if rb % inner_rows == 0 or inner_rows % rb == 0]
+            if default not in candidates:
+                default = max((rb for rb in candidates if rb <= limit + limit // STRETCH_DEFAULT), default=None)
+            if default is None:
+                return []
+        rb = choices.pick(sch, candidates, default)
         reg_o, reg_i = sch.split(reg_loop, [None, rb])
     else:
         reg_o = reg_i = None
     rows = [reg_o] if reg_o is not None else []
-    order = {0: outer[:1] + [vec_o] + outer[1:] + rows, 1: outer + [vec_o] + rows,
-             2: outer + rows + [vec_o], 3: outer + [vec_o] + rows}[variant]
     tile = ([reg_i] if reg_i is not None else []) + [vec_i]
-    sch.reorder(*order, *[loops[i] for i in reduce], *tile)
+    if variant == 4:  # the reduction split: each chunk of weights read once for every row tile
+        chunk = choices.pick(sch, chunks, chunks[0])
+        chunk_o, chunk_i = sch.split(loops[reduce[-1]], [None, chunk])
+        order = outer[:1] + [vec_o] + outer[1:]
+        sch.reorder(*order, *[loops[i] for i in reduce[:-1]], chunk_o, *rows, chunk_i, *tile)
+    else:
+        order = {0: outer[:1] + [vec_o] + outer[1:] + rows, 1: outer + [vec_o] + rows,
+                 2: outer + rows + [vec_o], 3: outer + [vec_o] + rows}[variant]
+        sch.reorder(*order, *[loops[i] for i in reduce], *tile)
 
     # The epilogue (one block once inline_spatial_blocks ran) runs on the tile in registers.
     inline_spatial_blocks(sch, keep=sch.get_producers(block))
@@ -427,11 +527,12 @@ def tiled_reduction(sch: Schedule, block, lanes: int, partial_tiles: bool = True
             sch.unroll(slice_loops[-2])
         _vectorize_run(sch, slice_loops[-1], lanes)
         scheduled = [b for b in sch.get_child_blocks(root) if sch.get(b).name_hint not in before]
-    if choices.sample:
-        sch.annotate(anchor, "pragma_auto_unroll_max_step", choices.pick(sch, UNROLL_STEPS, 0))
-        sch.annotate(anchor, "pragma_unroll_explicit", 1)
+    if choices.sample:  # (variant 4's anchor is a parallel loop, fused below: its row tiles instead)
+        unrolled = reg_o if variant == 4 else anchor
+        sch.annotate(unrolled, "pragma_auto_unroll_max_step", choices.pick(sch, UNROLL_STEPS, 0))
+        sch.annotate(unrolled, "pragma_unroll_explicit", 1)
 
-    parallel_loops = order[:-1] if reg_o is not None else order
+    parallel_loops = order[:-1] if reg_o is not None and variant != 4 else order
     macs = 1
     for iv in sch.get(block).iter_vars:
         macs *= int(iv.dom.extent) if hasattr(iv.dom.extent, "value") else PARALLEL_MIN_MACS
@@ -440,7 +541,7 @@ def tiled_reduction(sch: Schedule, block, lanes: int, partial_tiles: bool = True
         if (_extent(sch, fused) or 0) >= 2:
             sch.parallel(fused)
     # Last: the annotation checks above want the reduction block whole, init included.
-    init = sch.decompose_reduction(block, loops[reduce[0]])
+    init = sch.decompose_reduction(block, loops[reduce[0]] if variant != 4 or len(reduce) > 1 else chunk_o)
     init_loops = sch.get_loops(init)
     _vectorize_tile(sch, init_loops[-1], init_loops[-2] if reg_i is not None else None, lanes)
     return [block, *scheduled, init]

@@ -152,6 +152,7 @@ def verify(path, out: Callable[[str], None] = print, rtol: float = 1e-4, atol: f
     import tvm
 
     from edgecc.schedules import schedule_cpu_func
+    from edgecc.schedules.prefetch import PREFETCH_ARCHES
 
     log, _ = read_log(path)
     target = log.header["target"]
@@ -167,7 +168,7 @@ def verify(path, out: Callable[[str], None] = print, rtol: float = 1e-4, atol: f
         try:
             func, tuned = replay(record)
             default, _ = schedule_cpu_func(func.with_attr("global_symbol", "main"), fp32_lanes(preset),
-                                           preset.arch != "riscv64")
+                                           preset.arch != "riscv64", preset.arch in PREFETCH_ARCHES)
             args = _random_args(func, rng)
             results = []
             for scheduled in (default, tuned):

@@ -16,7 +16,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.ir.utils import derived_object
 from tvm.s_tir.schedule import Schedule, Trace
 
-from edgecc.schedules import cpu, fp32_lanes, schedule_cpu
+from edgecc.schedules import cpu, fp32_lanes, prefetch, schedule_cpu
 
 
 @derived_object
@@ -60,8 +60,25 @@ def has_decisions(sch: Schedule) -> bool:
     return any(inst.kind.name == "SampleCategorical" for inst in sch.trace.insts)
 
 
+@derived_object
+class PrefetchWeights(ms.postproc.PyPostproc):
+    """Add the weight prefetches a build adds (:mod:`edgecc.schedules.prefetch`) to each candidate
+    measured, so that tuning times what a build runs."""
+
+    def _initialize_with_tune_context(self, context) -> None:
+        pass
+
+    def apply(self, sch: Schedule) -> bool:
+        prefetch.prefetch_weights(sch)
+        return True
+
+    def clone(self):
+        return PrefetchWeights()
+
+
 def space_generator(preset):
     """The MetaSchedule space generator for a CPU preset's kernels."""
-    return ms.space_generator.ScheduleFn(cpu_spaces(preset), sch_rules=[], postprocs=[],
+    postprocs = [PrefetchWeights()] if preset.arch in prefetch.PREFETCH_ARCHES else []
+    return ms.space_generator.ScheduleFn(cpu_spaces(preset), sch_rules=[], postprocs=postprocs,
                                          mutator_probs={MutateCategorical(): 1.0})
 

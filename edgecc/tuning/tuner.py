@@ -28,7 +28,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.schedule import Schedule
 
 from edgecc.errors import UserInputError
-from edgecc.schedules import cpu, fp32_lanes, knobs, schedule_cpu, ssm, winograd
+from edgecc.schedules import cpu, fp32_lanes, knobs, prefetch, schedule_cpu, ssm, winograd
 from edgecc.tuning.log import TuningLog, kernel_script, new_header, parse_kernel, read_log, workload_key
 from edgecc.tuning.space import has_decisions, space_generator
 
@@ -147,6 +147,8 @@ def _default_schedule(task: Task, preset) -> Schedule:
     """The default rule as a point of the tuning space (its decisions at their defaults)."""
     sch = Schedule(task.func)
     schedule_cpu(sch, fp32_lanes(preset), preset.arch != "riscv64", cpu.Choices(sample=True))
+    if preset.arch in prefetch.PREFETCH_ARCHES:  # as a build and the search's candidates have it
+        prefetch.prefetch_weights(sch)
     return sch
 
 

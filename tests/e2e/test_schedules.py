@@ -140,6 +140,9 @@ CASES = {
     "global-avgpool": lambda: pool_model("GlobalAveragePool", 40, 7),
     "residual-concat-shuffle": residual_concat_model,
     "grouped-conv-shuffle": grouped_shuffle_model,
+    # weights of 2.4 MB and 2 MB: the reduction split around the row tiles, weights prefetched
+    "conv3x3-weight-heavy": lambda: conv_model(256, 256, 7, 3, pad=(1, 1, 1, 1)),
+    "gemm-weight-heavy": lambda: gemm_model(20, 1024, 512),
     "gemv-transposed": lambda: gemm_model(1, 200, 1000, trans_b=1),
     "gemm": lambda: gemm_model(37, 64, 48),
     "encoder": lambda: encoder_model(layers=1, d_model=64, heads=2, seq=24, ffn=128),
@@ -172,7 +175,7 @@ def test_host_matches_onnxruntime_and_every_kernel_is_scheduled(case):
 @pytest.mark.parametrize("target", ["arm", "riscv"])
 @pytest.mark.parametrize("case", ["conv-depthwise-strided", "conv-grouped-padded", "conv-grouped-wide",
                                   "residual-concat-shuffle", "grouped-conv-shuffle", "encoder",
-                                  "gemv-transposed"])
+                                  "gemv-transposed", "gemm-weight-heavy"])
 def test_cross_target_matches_onnxruntime(case, target):
     model = CASES[case]()
     inputs = _inputs(model)
@@ -220,3 +223,50 @@ def test_a_channel_shuffle_is_copied_as_an_interleave_and_other_copies_are_not()
     assert factor(te.compute(x.shape, lambda *i: x(*i), name="copy"), x) is None
     assert factor(te.compute(x.shape, lambda n, h, w, c: nchw[n, c, h, w], name="to_nhwc"), nchw) is None
     assert factor(te.compute(x.shape, lambda n, h, w, c: x[n, h, w, 271 - c], name="reverse"), x) is None
+
+
+def test_weight_heavy_kernels_split_the_reduction_and_prefetch_the_weight():
+    rules = _kernel_rules(edgecc.compile(CASES["conv3x3-weight-heavy"](), "host"))
+    assert [rule for rule in rules.values() if rule.endswith("+ weight prefetch")], rules
+    rules = _kernel_rules(edgecc.compile(CASES["conv3x3-bn-relu-direct"](), "host"))
+    assert not [rule for rule in rules.values() if "prefetch" in rule], rules  # 7 KB of weights
+
+
+def _legalized(model):
+    from edgecc.frontend import import_onnx
+    from edgecc.pipeline import run_phases
+    from edgecc.targets import get_target
+
+    preset = get_target("host")
+    mod, _, _ = import_onnx(model, None)
+    legalized, _ = run_phases(mod, preset, preset.tvm_target(), until="legalize")
+    return preset, legalized
+
+
+@pytest.mark.parametrize("hw", [5, 7])
+def test_every_loop_order_tuning_may_pick_computes_the_same_conv(hw):
+    """Each loop-order variant of the tiled rule, at its default tile, against variant 0 (exact
+    up to summation order). On a 5x5 map the row tile of the fused h*w rows (variant 3) must not
+    straddle two image rows: its writeback would copy the part of the next not yet computed."""
+    import tvm
+    from tvm.s_tir import Schedule
+
+    from edgecc.schedules import cpu, fp32_lanes, schedule_cpu
+
+    preset, mod = _legalized(conv_model(256, 256, hw, 3, pad=(1, 1, 1, 1)))
+    (name, func), = [(gv.name_hint, f) for gv, f in mod.functions_items() if "conv2d" in gv.name_hint]
+    rng = np.random.default_rng(0)
+    args = [rng.uniform(-1, 1, [int(d) for d in p.ty.shape]).astype(np.float32) for p in func.params]
+    outputs = {}
+    for variant in range(cpu.TILED_VARIANTS):
+        sch = Schedule(func)
+        if schedule_cpu(sch, fp32_lanes(preset), True, cpu.Choices(variant=variant)) is None:
+            continue
+        lib = tvm.compile(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}),
+                          target=preset.tvm_target())
+        tensors = [tvm.runtime.tensor(a) for a in args]
+        lib["main"](*tensors)
+        outputs[variant] = tensors[-1].numpy()
+    assert {0, 3, 4} <= set(outputs), sorted(outputs)
+    for variant, out in outputs.items():
+        np.testing.assert_allclose(out, outputs[0], rtol=1e-4, atol=1e-4, err_msg=f"variant {variant}")
