@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEB_PACKAGES := g++-aarch64-linux-gnu g++-riscv64-linux-gnu qemu-user
 DEB_TOOLS := aarch64-linux-gnu-g++ riscv64-linux-gnu-g++ qemu-aarch64 qemu-riscv64
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=15
 
 .PHONY: setup deps demo demo-hybrid test clean
 
