@@ -337,9 +337,9 @@ DEFAULT_CHOICES = Choices()
 # 4 splits the reduction, so that a weight-heavy conv on a small map (resnet50's last stage)
 # reads each chunk of weights from memory once and then from L1 for every row tile; the tile
 # accumulates in an L1-resident buffer of the whole map (or of one image row if that is large).
-# It is the default for a weight of KBLOCK_MIN_WEIGHT_BYTES or more (which a model reads from
-# memory, not the caches: see schedules/prefetch.py) whose tiles read KBLOCK_MIN_BLOCK_BYTES or
-# more of it each, in two row tiles or more.
+# It applies where a tile reads KBLOCK_MIN_BLOCK_BYTES of weight or more, and is the default for a
+# weight of KBLOCK_MIN_WEIGHT_BYTES or more (which a model reads from memory, not the caches: see
+# schedules/prefetch.py) in two row tiles or more.
 TILED_VARIANTS = 5
 KBLOCK_MIN_WEIGHT_BYTES = 1 << 20
 KBLOCK_MIN_BLOCK_BYTES = 32 * 1024  # a tile's whole weight block smaller than this stays in L1 anyway
@@ -420,11 +420,11 @@ def tiled_reduction(sch: Schedule, block, lanes: int, partial_tiles: bool = True
         return []
     if not _contiguous_in_some_input(sch, block, vec_axis) or not (partial_tiles or _rvv_safe(sch, block)):
         return []  # e.g. softmax's row max: the lanes would gather across rows
+    steps = 1
+    for i in reduce:
+        steps *= _extent(sch, loops[i]) or 0
+    block_bytes = steps * _vector_block(sch, block, _extent(sch, loops[vec_axis]), lanes) * 4
     if choices.variant is None:  # the default: variant 4 for a large weight where it applies, else 0
-        steps = 1
-        for i in reduce:
-            steps *= _extent(sch, loops[i]) or 0
-        block_bytes = steps * _vector_block(sch, block, _extent(sch, loops[vec_axis]), lanes) * 4
         if weight_bytes(sch, block) >= KBLOCK_MIN_WEIGHT_BYTES and block_bytes >= KBLOCK_MIN_BLOCK_BYTES:
             done = tiled_reduction(sch, block, lanes, partial_tiles, Choices(choices.sample, 4), reuse_only=True)
             if done:
@@ -446,8 +446,8 @@ def tiled_reduction(sch: Schedule, block, lanes: int, partial_tiles: bool = True
     fused_rows = False
     if variant == 4:
         chunks = _reduction_chunks(sch, loops[reduce[-1]])
-        if not chunks:
-            return []
+        if not chunks or block_bytes < KBLOCK_MIN_BLOCK_BYTES:
+            return []  # (a tile's weight block that fits L1 is read from it by every row tile anyway)
         fuse = fusable and inner_rows * (_extent(sch, outer[-1]) or 0) * vb * 4 <= KBLOCK_ACCUMULATOR_BYTES
         rows = inner_rows * (_extent(sch, outer[-1]) if fuse else 1) if inner_rows else 1
         limit = max(1, ACCUMULATORS // vectors)

@@ -141,7 +141,9 @@ def test_default_choices_are_the_default_schedule():
 def test_spaces_and_mutation():
     host = get_target("host")
     spaces = cpu_spaces(host)(Schedule(_matmul()))
-    assert len(spaces) == 3  # matmul: channel blocks outside or inside the row tiles; the reduction split
+    # matmul: channel blocks outside or inside the row tiles (its 16 KB weight block per tile
+    # stays in L1: no split reduction)
+    assert len(spaces) == 2
     trace = spaces[0].trace
     mutated = MutateCategorical().apply(trace)
     before = {i.outputs[0].name if i.outputs else "": int(d) for i, d in trace.decisions.items()}
@@ -154,7 +156,7 @@ def test_spaces_and_mutation():
     c = tvm.runtime.tensor(np.zeros((64, 96), "float32"))
     lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), c)
     np.testing.assert_allclose(c.numpy(), a @ b, rtol=1e-5)
-    for space in spaces:  # each loop order at its default decisions
+    for space in spaces:  # each at its default decisions
         lib = tvm.compile(space.mod, target=host.tvm_target())
         c = tvm.runtime.tensor(np.zeros((64, 96), "float32"))
         lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), c)
