@@ -364,20 +364,20 @@ def _row_block_candidates(extent: int, limit: int, partial_tiles: bool) -> list[
     return sorted({d for d in divisors[-4:]} | {e for e in even if limit // 3 <= e <= stretch})
 
 
+def _region_vars(region) -> set[str]:
+    """Names of the variables a buffer region's indices use."""
+    used = set()
+    for r in region.region:
+        used |= {v.name for v in tirx.analysis.undefined_vars(r.min, [])}
+    return used
+
+
 def _weight_free(sch: Schedule, block, axis: int) -> bool:
     """Whether some buffer the block reads (its weight) is not indexed by iter var ``axis``."""
     node = sch.get(block)
-    var = node.iter_vars[axis].var
+    var = node.iter_vars[axis].var.name
     written = {region.source.name for region in node.writes}
-    for region in node.reads:
-        if region.source.name in written:
-            continue
-        used = set()
-        for r in region.region:
-            used |= {v.name for v in tirx.analysis.undefined_vars(r.min, [])}
-        if var.name not in used:
-            return True
-    return False
+    return any(region.source.name not in written and var not in _region_vars(region) for region in node.reads)
 
 
 def weight_bytes(sch: Schedule, block) -> int:
@@ -391,10 +391,7 @@ def weight_bytes(sch: Schedule, block) -> int:
     written = {region.source.name for region in node.writes}
     sizes = [0]
     for region in node.reads:
-        used = set()
-        for r in region.region:
-            used |= {v.name for v in tirx.analysis.undefined_vars(r.min, [])}
-        if region.source.name in written or rows in used \
+        if region.source.name in written or rows in _region_vars(region) \
                 or not all(hasattr(d, "value") for d in region.source.shape):
             continue
         size = region.source.dtype.bits // 8
@@ -449,9 +446,9 @@ def tiled_reduction(sch: Schedule, block, lanes: int, partial_tiles: bool = True
         if not chunks or block_bytes < KBLOCK_MIN_BLOCK_BYTES:
             return []  # (a tile's weight block that fits L1 is read from it by every row tile anyway)
         fuse = fusable and inner_rows * (_extent(sch, outer[-1]) or 0) * vb * 4 <= KBLOCK_ACCUMULATOR_BYTES
-        rows = inner_rows * (_extent(sch, outer[-1]) if fuse else 1) if inner_rows else 1
+        row_count = inner_rows * (_extent(sch, outer[-1]) if fuse else 1) if inner_rows else 1
         limit = max(1, ACCUMULATORS // vectors)
-        if reuse_only and rows <= _choose_reg_block(rows, limit, partial_tiles):
+        if reuse_only and row_count <= _choose_reg_block(row_count, limit, partial_tiles):
             return []  # one row tile (a Winograd GEMM's 16 tiles): no chunk is read twice
         if fuse:
             reg_loop, fused_rows = sch.fuse(outer.pop(), reg_loop), True
